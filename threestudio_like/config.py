@@ -1,0 +1,156 @@
+"""Configs: YAML files (with ``extends:``) + dotted CLI overrides → typed dataclasses.
+
+Every module declares a ``Config`` dataclass. A YAML section fills it; an unknown key, a value of the
+wrong type or an unknown ``*_type`` name raises :class:`ConfigError` with one line naming the
+offending key and what would be accepted, before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from threestudio_like import registry
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; its message is one line."""
+
+
+def check_choice(value: Any, choices: Sequence[Any], key: str) -> None:
+    """Raise ``ValueError`` when ``value`` is not one of ``choices`` (used in ``__post_init__``)."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r} is not accepted; use one of {', '.join(map(str, choices))}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading YAML
+# --------------------------------------------------------------------------------------------------
+def load_yaml(path: str | os.PathLike) -> DictConfig:
+    """Read a YAML config, merging the file(s) named by its ``extends:`` key underneath it.
+
+    ``extends`` is a path (or list of paths) relative to the file that names it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML, e.g. configs/sds-nerf.yaml")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as error:  # yaml.YAMLError and friends: keep the first line only
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+    parents = node.pop("extends", None)
+    if parents is None:
+        return node
+    parents = [parents] if isinstance(parents, str) else list(parents)
+    merged = OmegaConf.create()
+    for parent in parents:
+        merged = OmegaConf.merge(merged, load_yaml(path.parent / parent))
+    return OmegaConf.merge(merged, node)
+
+
+def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML, like threestudio's CLI)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value, e.g. trainer.max_steps=100")
+    try:
+        return OmegaConf.merge(node, OmegaConf.from_dotlist(list(overrides)))
+    except OmegaConfBaseException as error:
+        raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Typed parsing
+# --------------------------------------------------------------------------------------------------
+def parse_structured(schema: type[T], values: Any, where: str) -> T:
+    """Fill dataclass ``schema`` from ``values`` (a mapping); one-line :class:`ConfigError` on mistakes."""
+    if values is None:
+        values = {}
+    if isinstance(values, schema):
+        return values
+    if dataclasses.is_dataclass(values):
+        values = dataclasses.asdict(values)
+    if not isinstance(values, (dict, DictConfig)):
+        raise ConfigError(f"config error at {where}: expected a mapping of {schema.__name__} keys, got {values!r}")
+    accepted = ", ".join(f.name for f in dataclasses.fields(schema))
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), values)
+        return OmegaConf.to_object(node)  # runs __post_init__ checks
+    except ConfigKeyError as error:
+        key = f"{where}.{error.full_key}" if where else str(error.full_key)
+        raise ConfigError(f"unknown config key {key!r}; accepted keys here: {accepted}") from None
+    except OmegaConfBaseException as error:
+        key = f"{where}.{error.full_key}" if where else str(error.full_key)
+        raise ConfigError(f"config error at {key!r}: {str(error).splitlines()[0]}") from None
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config error at {where!r}: {str(error).splitlines()[0]}") from None
+
+
+def resolve_typed(cfg: Any, where: str) -> Any:
+    """Replace every ``X`` mapping that has a sibling ``X_type`` by the typed Config of that class.
+
+    Recurses, so a system's geometry, renderer, guidance … are all checked at start-up.
+    """
+    for f in dataclasses.fields(cfg):
+        if not f.name.endswith("_type"):
+            continue
+        part = f.name[: -len("_type")]
+        if not hasattr(cfg, part) or part not in registry.FAMILIES:
+            continue
+        try:
+            cls = registry.lookup(part, getattr(cfg, f.name))
+        except registry.UnknownNameError as error:
+            raise ConfigError(f"config error at {where}.{f.name}: {error}") from None
+        typed = parse_structured(cls.Config, getattr(cfg, part), f"{where}.{part}")
+        setattr(cfg, part, resolve_typed(typed, f"{where}.{part}"))
+    return cfg
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1500
+    val_check_interval: int = 500  # validation grid every N steps (and at the end)
+    checkpoint_interval: int = 500  # checkpoint every N steps (and at the end, and on Ctrl-C)
+    log_every_n_steps: int = 10  # rows of metrics.csv
+    progress_bar: bool = True
+    export_at_end: bool = True
+    test_at_end: bool = True  # turntable video at the end of training
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    tag: str = ""  # defaults to the prompt, made file-name safe
+    seed: int = 0
+    exp_root_dir: str = "outputs"
+    use_timestamp: bool = True
+    data_type: str = "random-camera"
+    data: Any = field(default_factory=dict)
+    system_type: str = "text-to-3d"
+    system: Any = field(default_factory=dict)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+
+
+def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """The whole experiment config, typed and checked, from a YAML file and CLI overrides."""
+    node = apply_overrides(load_yaml(path), overrides)
+    return parse_config(node)
+
+
+def parse_config(node: Any) -> ExperimentConfig:
+    cfg = parse_structured(ExperimentConfig, node, "")
+    return resolve_typed(cfg, "")
+
+
+def to_yaml(cfg: Any) -> str:
+    """YAML text of a (typed) config, with every default filled in (saved as configs/parsed.yaml)."""
+    return OmegaConf.to_yaml(OmegaConf.create(dataclasses.asdict(cfg)))
