@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Optional, Sequence, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -138,6 +138,7 @@ class ExperimentConfig:
     system_type: str = "text-to-3d"
     system: Any = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    resume: Optional[str] = None  # a checkpoint to continue from (or to validate/test/export)
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:

@@ -50,7 +50,8 @@ class ScoreDistillation(nn.Module):
     def __init__(self, cfg: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
         self.cfg = cfg
-        self.prior = prior
+        # a plain attribute, not a submodule: the frozen prior's weights stay out of checkpoints
+        object.__setattr__(self, "prior", prior)
         self.skipped_steps = 0
         self.update_step(0, 1)
 

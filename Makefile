@@ -1,0 +1,36 @@
+# make demo  — installs into .venv and runs the default job end to end (embedded prior, CPU is fine)
+# make test  — installs into .venv and runs the tests
+# make bench — speed table (bench/speed.py) at CPU size
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+REPR ?= nerf
+METHOD ?= sds
+PROMPT ?= a red ball on a blue box
+DEMO_CONFIG ?= configs/$(METHOD)-$(REPR).yaml
+
+.PHONY: install demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.py
+	@# torch first, pinned, so that no newer CUDA build is pulled in as a dependency
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
+
+test: install
+	$(PY) -m pytest -q tests
+
+bench: install
+	$(PY) bench/speed.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,32 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="threestudio_like",
+    version="0.1.0",
+    description="Text to 3D by score distillation (SDS, VSD, ASD, ESD, CSM) on NeRFs and 3D Gaussians",
+    packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        # any installed torch >= 2.1 is accepted; `make` installs the CPU build 2.13.0 when none is present
+        "torch>=2.1",
+        "numpy>=1.24",
+        "omegaconf>=2.3",
+        "tqdm>=4.60",
+        "safetensors>=0.4",
+        "diffusers>=0.30",
+        "transformers>=4.40",
+        "peft>=0.10",
+        "trimesh>=4.0",
+        "PyMCubes>=0.1.4",
+        "xatlas>=0.0.9",
+        "scipy>=1.10",
+        "pillow>=9.0",
+        "imageio>=2.30",
+        "imageio-ffmpeg>=0.4.9",
+        "matplotlib>=3.7",
+    ],
+    extras_require={
+        "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4"],
+        "test": ["pytest>=7"],
+    },
+)

@@ -1,0 +1,190 @@
+"""The text-to-3D system: renders random views, asks the guidance for a gradient, steps the optimizers.
+
+It owns the parts (geometry, material, background, renderer, prior, prompt, guidance) and what one
+step does; the training loop, logging and files live in ``systems/trainer.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from threestudio_like.config import ConfigError, check_choice
+from threestudio_like.data.cameras import Cameras
+from threestudio_like.export import ExportConfig
+from threestudio_like.prompts import Prompt, PromptConfig
+from threestudio_like.registry import lookup, register
+from threestudio_like.utils.schedules import check_schedule, schedule_value
+
+REGULARIZERS = ("sparsity", "opaque", "orient")
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = "adam"  # adam | adamw
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, ("adam", "adamw"), "optimizer.name")
+
+
+@dataclass
+class QualityConfig:
+    enabled: bool = True  # only meaningful with a prior that knows the ground truth (embedded)
+    n_views: int = 8
+    elevation: float = 20.0
+    mesh_resolution: int = 128  # marching-cubes resolution of the mesh used for Chamfer
+    n_surface_points: int = 20000
+
+
+@dataclass
+class TextTo3DConfig:
+    prompt_processor: PromptConfig = field(default_factory=PromptConfig)
+    prior_type: str = "embedded"
+    prior: Any = field(default_factory=dict)
+    guidance_type: str = "sds"
+    guidance: Any = field(default_factory=dict)
+    geometry_type: str = "implicit-volume"
+    geometry: Any = field(default_factory=dict)
+    material_type: str = "no-material"
+    material: Any = field(default_factory=dict)
+    background_type: str = "solid-color"
+    background: Any = field(default_factory=dict)
+    renderer_type: str = "nerf-volume-renderer"
+    renderer: Any = field(default_factory=dict)
+    # lambda_<term>: weight (number or [start_step, v0, v1, end_step]) of each loss term;
+    # guidance terms default to 1, regularisers (sparsity, opaque, orient) to 0
+    loss: Dict[str, Any] = field(default_factory=dict)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    exporter: ExportConfig = field(default_factory=ExportConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+
+    def __post_init__(self) -> None:
+        for key, value in self.loss.items():
+            if not key.startswith("lambda_"):
+                raise ValueError(f"loss.{key}: loss weights are named lambda_<term>, e.g. lambda_sparsity")
+            check_schedule(value, f"loss.{key}")
+
+
+def build(family: str, name: str, cfg: Any, *args: Any, **kwargs: Any) -> Any:
+    """An instance of the class registered as ``name`` in ``family``."""
+    return lookup(family, name)(cfg, *args, **kwargs)
+
+
+@register("system", "text-to-3d")
+class TextTo3DSystem(nn.Module):
+    """Every part of a run, and one training step."""
+
+    Config = TextTo3DConfig
+
+    def __init__(self, cfg: TextTo3DConfig, sampler, device: torch.device) -> None:
+        super().__init__()
+        self.cfg, self.sampler, self.device = cfg, sampler, torch.device(device)
+        self.geometry = build("geometry", cfg.geometry_type, cfg.geometry).to(self.device)
+        self.material = build("material", cfg.material_type, cfg.material).to(self.device)
+        self.background = build("background", cfg.background_type, cfg.background).to(self.device)
+        self.renderer = build("renderer", cfg.renderer_type, cfg.renderer).to(self.device)
+        prior = build("prior", cfg.prior_type, cfg.prior, device=self.device, sampler=sampler)
+        object.__setattr__(self, "prior", prior)  # frozen: kept out of state_dict/checkpoints
+        self.prompt = Prompt(cfg.prompt_processor, prior)
+        self.guidance = build("guidance", cfg.guidance_type, cfg.guidance, prior).to(self.device)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.build_optimizers()
+        self.checked_loss_names = False
+
+    # --- optimizers -----------------------------------------------------------------------
+    def build_optimizers(self) -> None:
+        """(Re)build the optimizers over the current parameters (after loading a checkpoint too)."""
+        groups = list(self.geometry.parameter_groups())
+        if hasattr(self.background, "parameter_groups"):
+            groups += self.background.parameter_groups()
+        cfg = self.cfg.optimizer
+        kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+        self.optimizers = {"geometry": kind(groups, betas=tuple(cfg.betas), eps=cfg.eps)}
+        make_guidance_optimizer = getattr(self.guidance, "make_optimizer", None)
+        if make_guidance_optimizer is not None:
+            self.optimizers["guidance"] = make_guidance_optimizer()
+
+    # --- one step ---------------------------------------------------------------------------
+    def lambda_(self, term: str, step: int) -> float:
+        default = 0.0 if term in REGULARIZERS else 1.0
+        return float(schedule_value(self.cfg.loss.get(f"lambda_{term}", default), step))
+
+    def update_step(self, step: int, max_steps: int) -> None:
+        self.sampler.update_step(step)
+        self.geometry.update_step(step, max_steps)
+        self.renderer.update_step(step, max_steps, self.geometry)
+        self.guidance.update_step(step, max_steps)
+
+    def render(self, cameras: Cameras, shading: str = "albedo", training: bool = False, with_normal: bool = False) -> dict[str, Tensor]:
+        return self.renderer.render(
+            self.geometry, self.material, self.background, cameras.to(self.device),
+            shading=shading, training=training, with_normal=with_normal,
+        )
+
+    def regularizers(self, out: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Terms that stop a NeRF from cheating: sparsity, opaque (binary opacity), orientation."""
+        terms: dict[str, Tensor] = {}
+        opacity = out["opacity"]
+        if self.lambda_("sparsity", step) > 0:
+            terms["loss_sparsity"] = (opacity**2 + 0.01).sqrt().mean()
+        if self.lambda_("opaque", step) > 0:
+            clamped = opacity.clamp(1e-3, 1.0 - 1e-3)
+            terms["loss_opaque"] = F.binary_cross_entropy(clamped, clamped)
+        if self.lambda_("orient", step) > 0:
+            if "orient" not in out:
+                raise ConfigError(f"loss.lambda_orient > 0 but renderer {self.cfg.renderer_type!r} gives no orientation term")
+            terms["loss_orient"] = out["orient"].sum() / (opacity > 0).sum().clamp_min(1)
+        return terms
+
+    def training_step(self, step: int, max_steps: int) -> dict[str, float]:
+        """One optimisation step; returns the logged scalars."""
+        self.update_step(step, max_steps)
+        cameras = self.sampler.sample().to(self.device)
+        shading = self.material.training_shading(step)
+        with_normal = self.material.requires_normal(shading) or self.lambda_("orient", step) > 0
+        out = self.render(cameras, shading=shading, training=True, with_normal=with_normal)
+        terms = self.guidance(out["rgb"], cameras, self.prompt)
+        terms.update(self.regularizers(out, step))
+        self.check_loss_names(terms)
+        total = sum(self.lambda_(key[5:], step) * value for key, value in terms.items() if key.startswith("loss_"))
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.geometry.after_backward(out, step, self.optimizers["geometry"])
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        logged = {key: float(value.detach()) for key, value in terms.items() if torch.is_tensor(value) and value.numel() == 1}
+        logged["loss"] = float(total.detach())
+        return logged
+
+    def check_loss_names(self, terms: dict[str, Tensor]) -> None:
+        """A lambda_<x> that names no loss term is a typo: say so once, at the first step."""
+        if self.checked_loss_names:
+            return
+        self.checked_loss_names = True
+        produced = {key[5:] for key in terms if key.startswith("loss_")} | set(REGULARIZERS)
+        for key in self.cfg.loss:
+            if key[7:] not in produced:
+                known = ", ".join(f"lambda_{name}" for name in sorted(produced))
+                raise ConfigError(f"system.loss.{key} weighs no loss term of this run; known: {known}")
+
+    # --- checkpoints ------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "modules": {name: getattr(self, name).state_dict() for name in ("geometry", "background", "guidance", "renderer")},
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+        }
+
+    def load_state(self, state: dict[str, Any], with_optimizers: bool = True) -> None:
+        for name, module_state in state["modules"].items():
+            getattr(self, name).load_state_dict(module_state)
+        self.build_optimizers()  # parameters may have been replaced (e.g. a Gaussian count change)
+        if with_optimizers:
+            for name, opt_state in state.get("optimizers", {}).items():
+                if name in self.optimizers:
+                    self.optimizers[name].load_state_dict(opt_state)
