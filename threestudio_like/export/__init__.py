@@ -1,0 +1,168 @@
+"""Mesh export of any geometry: isosurface → cleanup → texture or vertex colours → OBJ/MTL/PNG + GLB.
+
+Typical use (the training system calls this at the end of a run)::
+
+    paths = export_geometry(geometry, run_dir / "save" / "it1500-export", ExportConfig())
+    paths["glb"]  # Path of model.glb
+
+``extract_mesh`` (world-frame mesh, e.g. for Chamfer distance) and ``colour_mesh`` work without
+writing anything; ``render_mesh`` renders a mesh (textured or vertex-coloured) from ``Cameras`` to
+compare it with the run's own renders.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+
+from threestudio_like.export.isosurface import (
+    ExportError, decimate, density_grid, marching_cubes, remove_floaters, resolve_threshold,
+)
+from threestudio_like.export.preview import load_export, render_mesh
+from threestudio_like.export.texture import bake_texture, vertex_colors
+from threestudio_like.export.writers import to_view_frame, write_glb, write_json, write_obj
+
+__all__ = [
+    "ExportConfig", "ExportError", "export_geometry", "extract_mesh", "colour_mesh", "free_directory",
+    "render_mesh", "load_export", "bake_texture", "vertex_colors",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportConfig:
+    isosurface_resolution: int = 256  # grid points per axis over [−radius, radius]
+    isosurface_threshold: Any = "auto"  # a density level > 0, or "auto" (see export/isosurface.py)
+    auto_threshold_fraction: float = 0.5  # "auto" fallback: this fraction of the max density
+    chunk_size: int = 262144  # points per density/colour query (bounds memory)
+    min_component_fraction: float = 0.05  # drop components with fewer faces than this × the largest's
+    decimate_target_faces: int = 0  # 0 = keep every face; needs the fast-simplification package
+    texture: bool = True  # bake a texture (xatlas UVs); False = vertex colours in OBJ and GLB (COLOR_0)
+    texture_size: int = 1024
+    texture_padding: int = 2  # texels between UV charts
+    texture_dilation: int = 8  # iterations of gap filling around the charts
+    vertex_colors: bool = False  # with a texture: also write per-vertex colours into the OBJ
+    y_up: bool = True  # files in +Y up / front +Z (viewers' convention); False keeps the z-up world
+    unit_box: bool = True  # centre the mesh and scale its largest side to 1
+    progress: bool = True  # tqdm bars for the density grid and colour queries
+
+    def __post_init__(self) -> None:
+        threshold = self.isosurface_threshold
+        if threshold != "auto" and not (isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and threshold > 0):
+            raise ValueError(f"isosurface_threshold={threshold!r} is not accepted; use 'auto' or a density level > 0")
+        if not 8 <= self.isosurface_resolution <= 2048:
+            raise ValueError(f"isosurface_resolution={self.isosurface_resolution} must be between 8 and 2048")
+        if not 16 <= self.texture_size <= 16384:
+            raise ValueError(f"texture_size={self.texture_size} must be between 16 and 16384")
+        if not 0.0 <= self.min_component_fraction <= 1.0:
+            raise ValueError(f"min_component_fraction={self.min_component_fraction} must be in [0, 1]")
+        if not 0.0 < self.auto_threshold_fraction < 1.0:
+            raise ValueError(f"auto_threshold_fraction={self.auto_threshold_fraction} must be in (0, 1)")
+        for key in ("chunk_size",):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
+        for key in ("decimate_target_faces", "texture_padding", "texture_dilation"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+
+
+def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
+    """The geometry's surface as a world-frame (z-up) mesh with outward normals, floaters removed and
+    optionally decimated. ``mesh.metadata["isosurface_threshold"]`` holds the level used.
+    Raises :class:`ExportError` when the field has no surface."""
+    grid = density_grid(geometry, cfg.isosurface_resolution, cfg.chunk_size, cfg.progress)
+    level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
+    mesh = marching_cubes(grid, level, float(geometry.radius))
+    mesh = remove_floaters(mesh, cfg.min_component_fraction)
+    mesh = decimate(mesh, cfg.decimate_target_faces)
+    mesh.metadata["isosurface_threshold"] = level
+    log.info("mesh at density %.4g: %d vertices, %d faces, watertight=%s", level, len(mesh.vertices),
+             len(mesh.faces), mesh.is_watertight)
+    return mesh
+
+
+def colour_mesh(geometry: torch.nn.Module, mesh: trimesh.Trimesh, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
+    """A copy of ``mesh`` coloured from ``geometry.color``: a baked texture (``cfg.texture``) or vertex colours."""
+    if cfg.texture:
+        return bake_texture(geometry, mesh, cfg.texture_size, cfg.chunk_size, cfg.texture_padding,
+                            cfg.texture_dilation, cfg.progress)
+    colors = vertex_colors(geometry, mesh, cfg.chunk_size, cfg.progress)
+    rgba = np.concatenate([np.round(colors * 255.0), np.full((len(colors), 1), 255.0)], axis=1).astype(np.uint8)
+    coloured = mesh.copy()
+    coloured.visual = trimesh.visual.ColorVisuals(coloured, vertex_colors=rgba)
+    return coloured
+
+
+def free_directory(out_dir: str | Path) -> Path:
+    """``out_dir`` if it does not exist yet, else the first free ``out_dir-2``, ``out_dir-3`` …"""
+    out_dir = Path(out_dir)
+    candidate, n = out_dir, 1
+    while candidate.exists():
+        n += 1
+        candidate = out_dir.with_name(f"{out_dir.name}-{n}")
+    return candidate
+
+
+def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportConfig = ExportConfig()) -> dict[str, Path]:
+    """Write model.obj, model.mtl, texture_kd.png (textured), model.glb and export.json into a new
+    directory: ``out_dir``, or ``out_dir-2``, ``-3`` … when it exists (an export is never overwritten).
+
+    Everything is built in a temporary directory beside it and renamed at the end, so a failure
+    leaves nothing behind. Returns {"obj", "mtl"?, "texture"?, "glb", "json", "dir"} → paths.
+    """
+    mesh = extract_mesh(geometry, cfg)  # fails before anything touches the disk
+    coloured = colour_mesh(geometry, mesh, cfg)
+    extra_colors = vertex_colors(geometry, coloured, cfg.chunk_size, cfg.progress) if cfg.texture and cfg.vertex_colors else None
+    in_file, matrix = to_view_frame(coloured, cfg.y_up, cfg.unit_box)
+    target = free_directory(out_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
+    try:
+        files = write_obj(in_file, tmp, vertex_colors=extra_colors)
+        files.update(write_glb(in_file, tmp))
+        info = {
+            "isosurface_threshold": mesh.metadata["isosurface_threshold"],
+            "isosurface_resolution": cfg.isosurface_resolution, "radius": float(geometry.radius),
+            "vertices": len(in_file.vertices), "faces": len(in_file.faces), "watertight": bool(mesh.is_watertight),
+            "texture_size": cfg.texture_size if cfg.texture else None,
+            "world_to_file": matrix.tolist(), "files": sorted(p.name for p in files.values()),
+        }
+        files.update(write_json(tmp, info))
+        target = _move_into_place(tmp, target, Path(out_dir))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target != Path(out_dir):
+        log.warning("%s already exists; export written to %s instead", out_dir, target)
+    log.info("exported %s", ", ".join(str(target / p.name) for p in files.values()))
+    paths = {key: target / path.name for key, path in files.items()}
+    paths["dir"] = target
+    return paths
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _move_into_place(tmp: Path, target: Path, out_dir: Path) -> Path:
+    """Rename the finished temp directory to ``target`` (the next free name if one appeared meanwhile)."""
+    while True:
+        try:
+            target.mkdir()  # claims the name; fails if someone else holds it
+        except FileExistsError:
+            target = free_directory(out_dir)
+            continue
+        tmp.replace(target)  # replaces the empty directory we just claimed, atomically
+        return target

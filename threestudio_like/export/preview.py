@@ -1,0 +1,97 @@
+"""Render an exported mesh from ``Cameras`` with a small torch rasterizer, to compare with the run.
+
+No OpenGL: vertices are projected with the cameras' OpenCV view matrices and intrinsics, triangles
+are rasterized at pixel centres, a z-buffer keeps the nearest, and colours come from the texture
+(bilinear, perspective-correct UVs) or from the vertex colours.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from torch import Tensor
+
+from threestudio_like.data.cameras import Cameras
+from threestudio_like.export.texture import rasterize_triangles, texture_image
+
+NEAR = 1e-3  # faces with a vertex closer than this to the camera plane are skipped
+
+
+def load_export(path: str | Path, file: str = "model.glb") -> trimesh.Trimesh:
+    """Load ``file`` from an export directory and map it back to the world frame with export.json."""
+    path = Path(path)
+    mesh = trimesh.load(path / file, force="mesh")
+    matrix = np.asarray(json.loads((path / "export.json").read_text())["world_to_file"])
+    mesh.apply_transform(np.linalg.inv(matrix))
+    return mesh
+
+
+def _vertex_attributes(mesh: trimesh.Trimesh) -> tuple[Tensor, Tensor | None]:
+    """(per-vertex attributes [V,C], texture [1,3,h,w] or None): UVs when textured, else RGB."""
+    image = texture_image(mesh)
+    if image is not None:
+        texture = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
+        return torch.as_tensor(np.asarray(mesh.visual.uv), dtype=torch.float32), texture
+    colors = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3] / 255.0
+    return torch.as_tensor(colors, dtype=torch.float32), None
+
+
+def _shade(attr: Tensor, texture: Tensor | None) -> Tensor:
+    """Interpolated attributes [K,C] → RGB [K,3]."""
+    if texture is None:
+        return attr
+    grid = torch.stack([attr[:, 0] * 2 - 1, (1 - attr[:, 1]) * 2 - 1], dim=-1).view(1, 1, -1, 2)
+    return F.grid_sample(texture, grid, mode="bilinear", padding_mode="border", align_corners=False)[0, :, 0].T
+
+
+def render_mesh(mesh: trimesh.Trimesh, cameras: Cameras, background: Sequence[float] = (1.0, 1.0, 1.0),
+                supersample: int = 1) -> dict[str, Tensor]:
+    """Render a world-frame mesh → dict(rgb [B,H,W,3] in [0,1] over ``background``, mask [B,H,W,1],
+    depth [B,H,W,1] camera-space z, 0 where empty). Everything on the CPU.
+
+    ``supersample`` s > 1 renders s² samples per pixel and averages them (soft edges, like a volume
+    renderer's; depth is then coverage-weighted)."""
+    if supersample > 1:
+        s = int(supersample)
+        fine = render_mesh(mesh, cameras.with_resolution(cameras.width * s, cameras.height * s), background)
+        return {k: F.avg_pool2d(v.permute(0, 3, 1, 2), s).permute(0, 2, 3, 1) for k, v in fine.items()}
+    cameras = cameras.to("cpu")
+    vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+    faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
+    attr, texture = _vertex_attributes(mesh)
+    B, H, W = len(cameras), cameras.height, cameras.width
+    rgb = torch.tensor(background, dtype=torch.float32).expand(B, H * W, 3).clone()
+    mask = torch.zeros(B, H * W, 1)
+    depth = torch.zeros(B, H * W, 1)
+    viewmats, intrinsics = cameras.viewmats_opencv(), cameras.intrinsics()
+    for b in range(B):
+        cam = vertices @ viewmats[b, :3, :3].T + viewmats[b, :3, 3]
+        z = cam[:, 2]
+        xy = (cam[:, :2] / z.clamp(min=NEAR)[:, None]) @ intrinsics[b, :2, :2].T + intrinsics[b, :2, 2]
+        visible = (z[faces] > NEAR).all(dim=1)
+        face_ids = torch.nonzero(visible).squeeze(1)
+        found = [(face_ids[f], pix, bary) for f, pix, bary in rasterize_triangles(xy[faces[face_ids]], W, H)]
+        if not found:
+            continue
+        face, pix, bary = (torch.cat(parts) for parts in zip(*found))
+        # perspective-correct weights: screen-space barycentrics divided by depth, renormalised
+        weights = bary / z[faces[face]]
+        inv_depth = weights.sum(dim=1)
+        frag_depth = 1.0 / inv_depth
+        nearest = torch.full((H * W,), float("inf")).scatter_reduce(0, pix, frag_depth, reduce="amin")
+        winner = torch.nonzero(frag_depth <= nearest[pix]).squeeze(1)
+        chosen = torch.full((H * W,), -1, dtype=torch.long)
+        chosen[pix[winner]] = winner  # one fragment per pixel (ties: any)
+        covered = torch.nonzero(chosen >= 0).squeeze(1)
+        k = chosen[covered]
+        w = weights[k] / inv_depth[k, None]
+        values = (w[:, :, None] * attr[faces[face[k]]]).sum(dim=1)
+        rgb[b, covered] = _shade(values, texture).clamp(0, 1)
+        mask[b, covered] = 1.0
+        depth[b, covered, 0] = frag_depth[k]
+    return {"rgb": rgb.view(B, H, W, 3), "mask": mask.view(B, H, W, 1), "depth": depth.view(B, H, W, 1)}

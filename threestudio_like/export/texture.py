@@ -1,0 +1,188 @@
+"""Colouring a mesh from the geometry's albedo field: UV atlas + texture baking, or vertex colours.
+
+Baking runs in plain torch on any device: every UV triangle is rasterized into the texture image
+(barycentric coordinates per texel centre), each covered texel is mapped back to its 3D point on the
+mesh, the field's ``color`` is queried there, and the gaps between charts are filled by dilation so
+that bilinear filtering and mip-mapping at chart borders do not pull in background.
+
+Image convention (as trimesh, OBJ and OpenGL): u runs left → right, v runs bottom → top, so texel
+row r (from the top) holds v = 1 − (r + ½)/T.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+import xatlas
+from PIL import Image
+from torch import Tensor
+from tqdm import tqdm
+
+from threestudio_like.export.isosurface import geometry_device
+
+log = logging.getLogger(__name__)
+
+
+def query_color(geometry: torch.nn.Module, points: np.ndarray, chunk_size: int = 262144, progress: bool = True,
+                desc: str = "colour") -> np.ndarray:
+    """``geometry.color`` at world points [N,3] → float32 [N,3] in [0,1], in chunks, without gradients."""
+    device = geometry_device(geometry)
+    out = np.empty((len(points), 3), dtype=np.float32)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(points), chunk_size), desc=desc, disable=not progress, leave=False):
+            chunk = torch.as_tensor(points[start:start + chunk_size], dtype=torch.float32, device=device)
+            out[start:start + len(chunk)] = geometry.color(chunk).float().clamp(0, 1).cpu().numpy()
+    return out
+
+
+def vertex_colors(geometry: torch.nn.Module, mesh: trimesh.Trimesh, chunk_size: int = 262144, progress: bool = True) -> np.ndarray:
+    """Albedo at each mesh vertex → float32 [V,3] in [0,1]."""
+    return query_color(geometry, np.asarray(mesh.vertices), chunk_size, progress, desc="vertex colours")
+
+
+def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas UV atlas → (vmapping [V'] old-vertex index per new vertex, faces [F,3] into the new
+    vertices, uv [V',2] in [0,1]). Vertices on chart seams are duplicated, so V' ≥ V."""
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    pack = xatlas.PackOptions()
+    pack.resolution = int(texture_size)
+    pack.padding = int(padding)  # empty texels around each chart, filled later by dilation
+    pack.bilinear = True
+    # xatlas is the slow step of an export (about a minute for 150k faces on two CPU cores)
+    log.info("unwrapping UVs of %d faces with xatlas%s", len(faces),
+             "; set decimate_target_faces to make this faster" if len(faces) > 100_000 else "")
+    atlas.generate(pack_options=pack)
+    if atlas.atlas_count != 1:
+        # charts did not fit one image at the estimated density: pack again, leaving xatlas to size it
+        pack.resolution = 0
+        pack.texels_per_unit = atlas.texels_per_unit * 0.9
+        atlas = xatlas.Atlas()
+        atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+        atlas.generate(pack_options=pack)
+    vmapping, new_faces, uv = atlas[0]
+    return vmapping.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float32)
+
+
+def rasterize_triangles(xy: Tensor, width: int, height: int, chunk_pairs: int = 1 << 22) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Pixels whose centres lie inside 2D triangles.
+
+    xy: [F,3,2] vertex positions in pixel units (x right, y down; pixel (i, j) has its centre at
+    (i + ½, j + ½)). Yields chunks of (face [K] long, pixel [K] flat index j·width + i, bary [K,3]),
+    testing the pixels of each triangle's bounding box; a chunk tests about ``chunk_pairs`` pairs.
+    """
+    lo, hi = xy.min(dim=1).values, xy.max(dim=1).values
+    x0 = torch.ceil(lo[:, 0] - 0.5).clamp(min=0).long()
+    y0 = torch.ceil(lo[:, 1] - 0.5).clamp(min=0).long()
+    x1 = torch.floor(hi[:, 0] - 0.5).clamp(max=width - 1).long()
+    y1 = torch.floor(hi[:, 1] - 0.5).clamp(max=height - 1).long()
+    nx, ny = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
+    counts = nx * ny
+    ends = torch.cumsum(counts, 0)
+    start = 0
+    while start < len(xy):
+        base = int(ends[start - 1]) if start > 0 else 0
+        stop = max(int(torch.searchsorted(ends, base + chunk_pairs, right=True)), start + 1)
+        faces = torch.arange(start, stop, device=xy.device)
+        face = torch.repeat_interleave(faces, counts[start:stop])
+        if len(face):
+            local = torch.arange(len(face), device=xy.device) - (ends[face] - counts[face])
+            px = x0[face] + local % nx[face]
+            py = y0[face] + local // nx[face]
+            bary = _barycentric(xy[face], torch.stack([px, py], dim=-1).float() + 0.5)
+            inside = (bary >= -1e-6).all(dim=-1)
+            yield face[inside], (py * width + px)[inside], bary[inside]
+        start = stop
+
+
+def _barycentric(tri: Tensor, p: Tensor) -> Tensor:
+    """Barycentric coordinates [K,3] of points p [K,2] in triangles tri [K,3,2]; −1 for degenerate ones."""
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    cross = lambda u, v: u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]  # noqa: E731
+    area = cross(b - a, c - a)
+    safe = torch.where(area.abs() > 1e-12, area, torch.ones_like(area))
+    w = torch.stack([cross(b - p, c - p), cross(c - p, a - p), cross(a - p, b - p)], dim=-1) / safe[:, None]
+    return torch.where((area.abs() > 1e-12)[:, None], w, torch.full_like(w, -1.0))
+
+
+def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
+    """Grow the covered texels into the empty ones: image [H,W,3], mask [H,W] bool → [H,W,3].
+
+    Each iteration gives every empty texel with a covered 8-neighbour the mean of those neighbours;
+    texels still empty at the end get the mean colour, so no black shows through at low mip levels.
+    """
+    img = (image * mask[..., None]).permute(2, 0, 1)[None]  # [1,3,H,W]
+    m = mask.float()[None, None]
+    kernel = torch.ones(1, 1, 3, 3, dtype=img.dtype, device=img.device)
+    for _ in range(iterations):
+        total = F.conv2d(img, kernel.expand(3, 1, 3, 3), padding=1, groups=3)
+        count = F.conv2d(m, kernel, padding=1)
+        grow = (m == 0) & (count > 0)
+        if not grow.any():
+            break
+        img = torch.where(grow, total / count.clamp(min=1), img)
+        m = torch.where(grow, torch.ones_like(m), m)
+    if (m == 0).any() and (m > 0).any():
+        mean = img.sum(dim=(2, 3), keepdim=True) / m.sum()
+        img = torch.where(m > 0, img, mean)
+    return img[0].permute(1, 2, 0)
+
+
+def bake_texture(
+    geometry: torch.nn.Module, mesh: trimesh.Trimesh, texture_size: int = 1024, chunk_size: int = 262144,
+    padding: int = 2, dilate_iterations: int = 8, progress: bool = True,
+) -> trimesh.Trimesh:
+    """A copy of ``mesh`` with xatlas UVs and the albedo field baked into a texture_size² image.
+
+    Returns a Trimesh (vertices split on seams) whose visual is TextureVisuals(uv, PBRMaterial with
+    baseColorTexture = the baked PIL image); vertex normals are those of the input mesh.
+    """
+    vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding)
+    vertices = np.asarray(mesh.vertices)[vmapping]
+    size = int(texture_size)
+    pixel = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=-1)  # uv → image (x right, y down)
+    tri_xy = torch.as_tensor(pixel[faces], dtype=torch.float32)
+    tri_xyz = torch.as_tensor(vertices[faces], dtype=torch.float32)
+    texels, points = [], []
+    for face, texel, bary in rasterize_triangles(tri_xy, size, size):
+        texels.append(texel)
+        points.append((bary[:, :, None] * tri_xyz[face]).sum(dim=1))
+    texel = torch.cat(texels)
+    colors = query_color(geometry, torch.cat(points).numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
+    image = torch.zeros(size * size, 3)
+    covered = torch.zeros(size * size, dtype=torch.bool)
+    image[texel] = torch.as_tensor(colors)
+    covered[texel] = True
+    log.info("texture covers %.1f%% of %d^2 texels", 100.0 * covered.float().mean().item(), size)
+    image = dilate(image.view(size, size, 3), covered.view(size, size), dilate_iterations)
+    pil = Image.fromarray((image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), mode="RGB")
+    material = trimesh.visual.material.PBRMaterial(
+        name="material_0", baseColorTexture=pil, metallicFactor=0.0, roughnessFactor=1.0,
+    )
+    normals = np.asarray(mesh.vertex_normals)[vmapping]
+    textured = trimesh.Trimesh(vertices, faces, vertex_normals=normals, process=False,
+                               visual=trimesh.visual.TextureVisuals(uv=uv, material=material))
+    return textured
+
+
+def texture_image(mesh: trimesh.Trimesh) -> Image.Image | None:
+    """The base-colour image of a textured mesh (PBR or simple material), or None."""
+    visual = mesh.visual
+    if not isinstance(visual, trimesh.visual.TextureVisuals) or visual.uv is None:
+        return None
+    material = visual.material
+    image = getattr(material, "baseColorTexture", None)
+    return image if image is not None else getattr(material, "image", None)
+
+
+def sample_texture(image: Image.Image, uv: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of an image at uv [N,2] (OpenGL convention) → float32 [N,3] in [0,1]."""
+    tex = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
+    uv = torch.as_tensor(uv, dtype=torch.float32)
+    grid = torch.stack([uv[:, 0] * 2 - 1, (1 - uv[:, 1]) * 2 - 1], dim=-1).view(1, 1, -1, 2)
+    out = F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out[0, :, 0].T.numpy()
