@@ -24,6 +24,7 @@ setup(
         "imageio>=2.30",
         "imageio-ffmpeg>=0.4.9",
         "matplotlib>=3.7",
+        "fast-simplification>=0.1",
     ],
     extras_require={
         "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4"],

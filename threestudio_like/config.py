@@ -58,12 +58,18 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
 
 
 def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """Apply ``a.b.c=value`` overrides (values parsed as YAML, like threestudio's CLI)."""
+    """Apply ``a.b.c=value`` overrides in order (values parsed as YAML, like threestudio's CLI).
+
+    In order, so that ``system.prior=null system.prior.dtype=bfloat16`` first drops the keys a base
+    config set for another prior type, then sets one of the new type's.
+    """
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value, e.g. trainer.max_steps=100")
     try:
-        return OmegaConf.merge(node, OmegaConf.from_dotlist(list(overrides)))
+        for item in overrides:
+            node = OmegaConf.merge(node, OmegaConf.from_dotlist([item]))
+        return node
     except OmegaConfBaseException as error:
         raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from None
 
@@ -86,13 +92,18 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         node = OmegaConf.merge(OmegaConf.structured(schema), values)
         return OmegaConf.to_object(node)  # runs __post_init__ checks
     except ConfigKeyError as error:
-        key = f"{where}.{error.full_key}" if where else str(error.full_key)
+        key = join_key(where, str(error.full_key))
         raise ConfigError(f"unknown config key {key!r}; accepted keys here: {accepted}") from None
     except OmegaConfBaseException as error:
-        key = f"{where}.{error.full_key}" if where else str(error.full_key)
+        key = join_key(where, str(error.full_key))
         raise ConfigError(f"config error at {key!r}: {str(error).splitlines()[0]}") from None
     except (ValueError, TypeError) as error:
         raise ConfigError(f"config error at {where!r}: {str(error).splitlines()[0]}") from None
+
+
+def join_key(where: str, key: str) -> str:
+    """``system`` + ``guidance`` → ``system.guidance`` (no leading dot at the top level)."""
+    return f"{where}.{key}" if where else key
 
 
 def resolve_typed(cfg: Any, where: str) -> Any:
@@ -109,9 +120,9 @@ def resolve_typed(cfg: Any, where: str) -> Any:
         try:
             cls = registry.lookup(part, getattr(cfg, f.name))
         except registry.UnknownNameError as error:
-            raise ConfigError(f"config error at {where}.{f.name}: {error}") from None
-        typed = parse_structured(cls.Config, getattr(cfg, part), f"{where}.{part}")
-        setattr(cfg, part, resolve_typed(typed, f"{where}.{part}"))
+            raise ConfigError(f"config error at {join_key(where, f.name)}: {error}") from None
+        typed = parse_structured(cls.Config, getattr(cfg, part), join_key(where, part))
+        setattr(cfg, part, resolve_typed(typed, join_key(where, part)))
     return cfg
 
 

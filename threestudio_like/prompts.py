@@ -41,6 +41,8 @@ class PromptConfig:
     def __post_init__(self) -> None:
         if not self.prompt.strip():
             raise ValueError("prompt is empty; pass one, e.g. system.prompt_processor.prompt=\"a red ball on a blue box\"")
+        if self.use_perp_neg and not self.view_dependent_prompting:
+            raise ValueError("use_perp_neg=true needs view_dependent_prompting=true (its negatives are the view prompts)")
 
 
 def view_suffixed(text: str, view: str) -> str:
@@ -62,7 +64,14 @@ class Prompt:
         return cameras.view_labels(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold)
 
     def cond(self, cameras: Cameras, view_dependent: bool = True) -> Tensor:
-        """[B,...] condition of the prompt; view-dependent when asked and enabled in the config."""
+        """[B,...] condition of the prompt; view-dependent when asked and enabled in the config.
+
+        Under Perp-Neg the view-dependent condition is the azimuth-interpolated one.
+        """
+        if view_dependent and self.cfg.use_perp_neg:
+            from threestudio_like.guidance import perp_neg  # lazy: guidance imports this module
+
+            return perp_neg.positive_condition(self, cameras)
         views = self.views(cameras) if (view_dependent and self.cfg.view_dependent_prompting) else None
         return self.prior.condition(self.text, cameras, views)
 

@@ -16,11 +16,12 @@ from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.guidance import perp_neg
 from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.prompts import Prompt
 from threestudio_like.utils.schedules import check_schedule, schedule_value
 
-WEIGHTINGS = ("sds", "uniform", "fantasia3d")
+WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")
 TIME_SCHEDULES = ("random", "linear")
 
 
@@ -29,7 +30,8 @@ class GuidanceConfig:
     guidance_scale: float = 100.0  # diffusers' CFG convention: ε_∅ + s(ε_y − ε_∅)
     min_step_percent: Any = 0.02  # number or [start_step, v0, v1, end_step]
     max_step_percent: Any = 0.98
-    weighting: str = "sds"  # w(t): sds = 1 − ᾱ_t, uniform = 1, fantasia3d = √ᾱ_t (1 − ᾱ_t)
+    # w(t): sds = 1 − ᾱ_t, uniform = 1, fantasia3d = √ᾱ_t (1 − ᾱ_t), ism = √((1 − ᾱ_t) / ᾱ_t) (LucidDreamer)
+    weighting: str = "sds"
     # random: t ~ U{t_min..t_max} per item; linear: one t annealed from t_max to t_min over the run
     # (DreamGaussian)
     time_schedule: str = "random"
@@ -90,6 +92,8 @@ class ScoreDistillation(nn.Module):
             return 1.0 - alpha_bar
         if self.cfg.weighting == "fantasia3d":
             return alpha_bar.sqrt() * (1.0 - alpha_bar)
+        if self.cfg.weighting == "ism":
+            return ((1.0 - alpha_bar) / alpha_bar).sqrt()
         return torch.ones_like(alpha_bar)
 
     def add_noise(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
@@ -98,7 +102,9 @@ class ScoreDistillation(nn.Module):
         return alpha_bar.sqrt() * x + (1.0 - alpha_bar).sqrt() * noise
 
     def cond_and_null_eps(self, x_t: Tensor, t: Tensor, prompt: Prompt, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        """(ε(x_t; y, t), ε(x_t; ∅, t)) from one batched forward of size 2B."""
+        """(ε(x_t; y, t), ε(x_t; ∅, t)) from one batched forward of size 2B (4B under Perp-Neg)."""
+        if prompt.cfg.use_perp_neg:
+            return perp_neg.cond_and_null_eps(self.prior, x_t, t, prompt, cameras)
         cond = torch.cat([prompt.cond(cameras), prompt.null(cameras)])
         eps = self.prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond)
         eps_cond, eps_null = eps.chunk(2)
