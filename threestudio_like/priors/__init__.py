@@ -1,0 +1,3 @@
+"""Diffusion priors; importing this package registers them."""
+from threestudio_like.priors import embedded  # noqa: F401
+from threestudio_like.priors import stable_diffusion  # noqa: F401
