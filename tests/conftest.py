@@ -7,7 +7,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# one thread: these tests run many mid-sized ops, where intra-op threads mostly wait on each other
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -82,6 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if cfg.resume and not Path(cfg.resume).is_file():
             raise UserError(f"resume={cfg.resume!r} does not exist; pass a checkpoint such as outputs/<run>/ckpts/last.ckpt")
         device = choose_device(args.gpu)
+        if device.type == "cpu" and cfg.cpu_threads > 0:
+            torch.set_num_threads(cfg.cpu_threads)
         seed_everything(cfg.seed)
         system, trainer_cls = build(cfg, device)
         run_dir = run_dir_for(cfg)

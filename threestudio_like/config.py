@@ -149,6 +149,9 @@ class ExperimentConfig:
     system_type: str = "text-to-3d"
     system: Any = field(default_factory=dict)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    # CPU threads for torch; 0 keeps torch's default. One is fastest for this workload of many
+    # mid-sized ops on small machines (threads mostly wait on each other)
+    cpu_threads: int = 1
     resume: Optional[str] = None  # a checkpoint to continue from (or to validate/test/export)
 
 

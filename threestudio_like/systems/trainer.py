@@ -67,6 +67,7 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         log = MetricsLog(self.run_dir / "metrics.csv")
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress_bar, dynamic_ncols=True, desc="train")
         window_start, window_steps = time.perf_counter(), 0

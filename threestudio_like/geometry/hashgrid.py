@@ -1,0 +1,193 @@
+"""Multi-resolution hash encoding (Instant-NGP) in plain PyTorch, with a coarse-to-fine level mask.
+
+Level l has N_l = floor(base_resolution · per_level_scale^l) cells per axis, so (N_l + 1)^3 grid
+vertices. A level whose vertices fit in the table (≤ 2^log2_hashmap_size) indexes them densely; a
+finer level hashes vertex (x, y, z) to (x·1 ⊕ y·2654435761 ⊕ z·805459861) mod 2^log2_hashmap_size.
+Features of the 8 surrounding vertices are blended trilinearly.
+
+Speed on a CPU comes from doing every level and corner at once: all levels live in one table, the
+8·L vertex indices of a point are built with broadcasting (offsets folded in), and one fused
+gather-and-blend (``embedding_bag``) reads them; the backward pass is one ``index_add_``. Two facts
+keep the index arithmetic in int32 where it fits: the low bits of a product only depend on the low
+bits of its factors, and hashed levels sit at table offsets that are multiples of the table size,
+so a level's offset can be OR-ed into one of the three XOR terms.
+
+The coarse-to-fine "progressive band" (threestudio's ProgressiveBandHashGrid): only the first
+``start_level + (step − start_step) // update_steps`` levels are active; the features of the others
+are zero (and are not even computed).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from threestudio_like.config import check_choice
+
+PRIMES = (1, 2654435761, 805459861)
+
+
+@dataclass
+class HashGridConfig:
+    n_levels: int = 16
+    n_features_per_level: int = 2
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    per_level_scale: float = 1.447269237440378  # threestudio's: finest level 16·1.447^15 ≈ 4096
+    start_level: int = 8  # levels active at start_step (progressive band)
+    start_step: int = 0
+    update_steps: int = 500  # one more level every update_steps
+
+    def __post_init__(self) -> None:
+        check_choice(self.n_features_per_level, (1, 2, 4, 8), "n_features_per_level")
+        if not 1 <= self.n_levels <= 32:
+            raise ValueError(f"n_levels={self.n_levels} must lie in [1, 32]")
+        if not 8 <= self.log2_hashmap_size <= 30:
+            raise ValueError(f"log2_hashmap_size={self.log2_hashmap_size} must lie in [8, 30]")
+        if self.base_resolution < 1 or self.per_level_scale < 1.0:
+            raise ValueError(
+                f"base_resolution={self.base_resolution} must be >= 1 and per_level_scale={self.per_level_scale} >= 1"
+            )
+        if self.start_level < 1 or self.update_steps < 1:
+            raise ValueError(f"start_level={self.start_level} and update_steps={self.update_steps} must be >= 1")
+
+
+def level_resolutions(cfg: HashGridConfig) -> list[int]:
+    """Cells per axis of each level, N_l = floor(base · scale^l) (non-decreasing)."""
+    return [int(math.floor(cfg.base_resolution * cfg.per_level_scale**level + 1e-6)) for level in range(cfg.n_levels)]
+
+
+def per_level_scale_for(base_resolution: int, finest_resolution: int, n_levels: int) -> float:
+    """The per_level_scale that takes ``base_resolution`` to ``finest_resolution`` in ``n_levels``."""
+    if n_levels == 1:
+        return 1.0
+    return math.exp(math.log(finest_resolution / base_resolution) / (n_levels - 1))
+
+
+def _outer_rows(w: Tensor, grad: Tensor) -> Tensor:
+    """rows[m·8 + c] = w[m,c] · grad[m]: w [M,8], grad [M,F] → [M·8, F].
+
+    For F = 2 the pair is viewed as one complex number, which turns a slow broadcast over a
+    trailing axis of length 2 into a plain vectorised multiply.
+    """
+    if grad.shape[1] == 2 and grad.dtype in (torch.float32, torch.float64):
+        return torch.view_as_real(w * torch.view_as_complex(grad).unsqueeze(1)).reshape(-1, 2)
+    return (w.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[1])
+
+
+class _WeightedGather(torch.autograd.Function):
+    """out[m] = Σ_c w[m,c] · table[idx[m,c]] — one fused read, one ``index_add_`` backward.
+
+    table [T,F], idx [M,8] (int32/int64), w [M,8] → out [M,F].
+    """
+
+    @staticmethod
+    def forward(ctx: Any, table: Tensor, idx: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(table, idx, w)
+        return nn.functional.embedding_bag(idx, table, per_sample_weights=w, mode="sum")
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
+        table, idx, w = ctx.saved_tensors
+        grad = grad.contiguous()  # the broadcast multiply below is several times slower on a strided grad
+        grad_table = grad_w = None
+        if ctx.needs_input_grad[0]:
+            rows = _outer_rows(w, grad)
+            grad_table = torch.zeros_like(table)
+            # int64 indices take index_add_'s fast path on the CPU (int32 is ~10x slower there)
+            grad_table.index_add_(0, idx.reshape(-1).long(), rows)
+        if ctx.needs_input_grad[2]:
+            grad_w = (table[idx.long()] * grad.unsqueeze(1)).sum(-1)
+        return grad_table, None, grad_w
+
+
+class HashGrid(nn.Module):
+    """points [N,3] in [0,1]^3 → features [N, n_levels · n_features_per_level].
+
+    Gradients reach the table; they reach the points too when the points require them.
+    """
+
+    def __init__(self, cfg: HashGridConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.resolutions = level_resolutions(cfg)
+        size = 2**cfg.log2_hashmap_size
+        self.n_dense = sum((r + 1) ** 3 <= size for r in self.resolutions)  # a prefix: resolutions only grow
+        offsets, total = [0] * cfg.n_levels, 0
+        for level in range(self.n_dense, cfg.n_levels):  # hashed levels first, at multiples of the table size
+            offsets[level], total = total, total + size
+        for level in range(self.n_dense):
+            offsets[level], total = total, total + (self.resolutions[level] + 1) ** 3
+        wide = (max(self.resolutions) + 2) * size >= 2**31 or total >= 2**31
+        self.index_dtype = torch.int64 if wide else torch.int32
+        multipliers = []
+        for level, res in enumerate(self.resolutions):
+            if level < self.n_dense:
+                multipliers.append([1, res + 1, (res + 1) ** 2])
+            else:
+                multipliers.append([p % size for p in PRIMES])
+        self.register_buffer("level_res", torch.tensor(self.resolutions, dtype=torch.float32), persistent=False)
+        self.register_buffer("multipliers", torch.tensor(multipliers, dtype=self.index_dtype), persistent=False)
+        self.register_buffer("offsets", torch.tensor(offsets, dtype=self.index_dtype), persistent=False)
+        self.table = nn.Parameter(torch.empty(total, cfg.n_features_per_level).uniform_(-1e-4, 1e-4))
+        self.active_levels = min(cfg.start_level, cfg.n_levels)
+
+    @property
+    def output_dim(self) -> int:
+        return self.cfg.n_levels * self.cfg.n_features_per_level
+
+    def update_step(self, step: int) -> None:
+        """Unmask one more level every ``update_steps`` steps after ``start_step``."""
+        cfg = self.cfg
+        self.active_levels = min(cfg.start_level + max(step - cfg.start_step, 0) // cfg.update_steps, cfg.n_levels)
+
+    # the active level count is state (an exported checkpoint must see the levels it was trained with)
+    def get_extra_state(self) -> dict[str, int]:
+        return {"active_levels": int(self.active_levels)}
+
+    def set_extra_state(self, state: dict[str, int]) -> None:
+        self.active_levels = min(int(state["active_levels"]), self.cfg.n_levels)
+
+    def corner_indices(self, x: Tensor, n_levels: int) -> tuple[Tensor, Tensor]:
+        """Table rows and trilinear weights of the 8 corners, level-major.
+
+        x [N,3] in [0,1] → idx [n_levels·N, 8] (index dtype), weights [n_levels·N, 8] (x's dtype).
+        The arithmetic keeps the point axis innermost ([L,2,2,2,N]): broadcasting over a trailing
+        axis of length 2 is an order of magnitude slower on a CPU.
+        """
+        N, L, nd = x.shape[0], n_levels, min(self.n_dense, n_levels)
+        res = self.level_res[:L, None, None]
+        scaled = x.t().unsqueeze(0) * res  # [L,3,N]
+        lower = torch.minimum(scaled.floor(), res - 1)
+        frac = scaled - lower
+        base = lower.to(self.index_dtype) * self.multipliers[:L, :, None]
+        terms = torch.stack([base, base + self.multipliers[:L, :, None]], dim=2)  # [L,3,2,N]: corner 0/1 per axis
+        idx = torch.empty(L, 2, 2, 2, N, dtype=self.index_dtype, device=x.device)
+        if nd < L:  # hashed levels: XOR of the three terms, each already reduced mod the table size
+            hashed = terms[nd:] & (2**self.cfg.log2_hashmap_size - 1)
+            hashed[:, 0] |= self.offsets[nd:L, None, None]
+            yz = hashed[:, 1, :, None, :] ^ hashed[:, 2, None, :, :]  # [L,2,2,N]
+            torch.bitwise_xor(hashed[:, 0, :, None, None, :], yz.unsqueeze(1), out=idx[nd:])
+        if nd > 0:  # dense levels: x + y·(N+1) + z·(N+1)^2
+            dense = terms[:nd]
+            dense[:, 0] += self.offsets[:nd, None, None]
+            yz = dense[:, 1, :, None, :] + dense[:, 2, None, :, :]
+            torch.add(dense[:, 0, :, None, None, :], yz.unsqueeze(1), out=idx[:nd])
+        w = torch.stack([1.0 - frac, frac], dim=2)  # [L,3,2,N]
+        weights = w[:, 0, :, None, None, :] * (w[:, 1, :, None, :] * w[:, 2, None, :, :]).unsqueeze(1)
+        idx = idx.view(L, 8, N).transpose(1, 2).reshape(L * N, 8)
+        return idx, weights.view(L, 8, N).transpose(1, 2).reshape(L * N, 8)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N,3] in [0,1]^3 (clamped) → [N, n_levels·F]; inactive levels are zero."""
+        N, F, L = x.shape[0], self.cfg.n_features_per_level, self.active_levels
+        x = x.clamp(0.0, 1.0)
+        idx, w = self.corner_indices(x, L)
+        feats = _WeightedGather.apply(self.table, idx, w.to(self.table.dtype))  # [L·N, F]
+        feats = feats.view(L, N, F).permute(1, 0, 2).reshape(N, L * F)
+        if L < self.cfg.n_levels:
+            feats = torch.cat([feats, feats.new_zeros(N, (self.cfg.n_levels - L) * F)], dim=1)
+        return feats
