@@ -37,7 +37,8 @@ def _vertex_attributes(mesh: trimesh.Trimesh) -> tuple[Tensor, Tensor | None]:
     if image is not None:
         texture = torch.as_tensor(np.array(image.convert("RGB")), dtype=torch.float32).permute(2, 0, 1)[None] / 255.0
         return torch.as_tensor(np.asarray(mesh.visual.uv), dtype=torch.float32), texture
-    colors = np.asarray(mesh.visual.to_color().vertex_colors)[:, :3] / 255.0
+    visual = mesh.visual if mesh.visual.kind in ("vertex", "face", None) else mesh.visual.to_color()
+    colors = np.asarray(visual.vertex_colors)[:, :3] / 255.0
     return torch.as_tensor(colors, dtype=torch.float32), None
 
 

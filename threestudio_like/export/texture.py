@@ -90,7 +90,7 @@ def rasterize_triangles(xy: Tensor, width: int, height: int, chunk_pairs: int = 
         faces = torch.arange(start, stop, device=xy.device)
         face = torch.repeat_interleave(faces, counts[start:stop])
         if len(face):
-            local = torch.arange(len(face), device=xy.device) - (ends[face] - counts[face])
+            local = torch.arange(len(face), device=xy.device) + base - (ends[face] - counts[face])
             px = x0[face] + local % nx[face]
             py = y0[face] + local // nx[face]
             bary = _barycentric(xy[face], torch.stack([px, py], dim=-1).float() + 0.5)
