@@ -41,6 +41,10 @@ class DiffusionPrior(nn.Module):
         self.cfg = cfg
         self.device_ = torch.device(device)
 
+    def prepare(self, text: str) -> None:
+        """Check (and pre-compute what it can for) prompt ``text`` at start-up, so a prompt the
+        prior cannot use fails before training starts. Raises ValueError with one line."""
+
     # --- image space <-> model space ---------------------------------------------------------
     def encode_images(self, rgb: Tensor) -> Tensor:
         """rgb [B,3,H,W] in [0,1] → model inputs x [B,C,h,w] (keeps autograd)."""

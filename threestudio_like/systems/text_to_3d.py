@@ -90,6 +90,7 @@ class TextTo3DSystem(nn.Module):
         self.renderer = build("renderer", cfg.renderer_type, cfg.renderer).to(self.device)
         prior = build("prior", cfg.prior_type, cfg.prior, device=self.device, sampler=sampler)
         object.__setattr__(self, "prior", prior)  # frozen: kept out of state_dict/checkpoints
+        prior.prepare(cfg.prompt_processor.prompt)
         self.prompt = Prompt(cfg.prompt_processor, prior)
         self.guidance = build("guidance", cfg.guidance_type, cfg.guidance, prior).to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
