@@ -19,16 +19,6 @@ from threestudio_like.renderers.background import SolidColorBackground, SolidCol
 from threestudio_like.renderers.gaussian import GaussianRasterizer, GaussianRendererConfig, rasterize_torch
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many mid-sized ops: on a busy 2-core machine, intra-op threads mostly wait on each other
-    (measured: 2 threads 30x slower than 1 under load), so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def one_camera(size: int = 33, fovy: float = 40.0, distance: float = 2.0, elevation: float = 0.0, azimuth: float = 0.0):
     full = lambda v: torch.tensor([float(v)])  # noqa: E731
     return make_cameras(full(elevation), full(azimuth), full(distance), full(fovy), size, size)

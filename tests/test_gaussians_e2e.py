@@ -1,5 +1,4 @@
 """3D Gaussians end to end: a short SDS run with the embedded prior, export, and resuming."""
-import pytest
 import torch
 import trimesh
 
@@ -7,16 +6,6 @@ from threestudio_like.cli import build, seed_everything
 from threestudio_like.config import load_config
 from threestudio_like.export.splat_ply import read_splat_ply
 from threestudio_like.systems.quality import held_out_cameras, image_quality
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Many mid-sized ops: on a busy 2-core machine, intra-op threads mostly wait on each other
-    (measured: 2 threads 30x slower than 1 under load), so these tests run single-threaded."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 QUICK = [

@@ -6,7 +6,6 @@ import datetime
 import random
 import re
 import sys
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 

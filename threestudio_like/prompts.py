@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List
 
-import torch
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras

@@ -6,7 +6,6 @@ matrices use the OpenGL camera frame (x right, y up, looking down −z).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, List, Optional
 

@@ -8,7 +8,7 @@ un-weighted gradient it puts on the rendered latents — and, if it trains a net
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F

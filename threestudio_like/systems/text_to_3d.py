@@ -6,7 +6,7 @@ step does; the training loop, logging and files live in ``systems/trainer.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.nn.functional as F
