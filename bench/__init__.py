@@ -1,0 +1,1 @@
+"""Benchmarks: quality against ground truth (quality.py) and speed (speed.py)."""
