@@ -1,6 +1,6 @@
 # make demo  — installs into .venv and runs the default job end to end (embedded prior, CPU is fine)
 # make test  — installs into .venv and runs the tests
-# make bench — speed table (bench/speed.py) at CPU size
+# make bench — speed table (bench/speed.py); make bench-quality — the ground-truth guidance benchmark (--quick)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -10,7 +10,7 @@ METHOD ?= sds
 PROMPT ?= a red ball on a blue box
 DEMO_CONFIG ?= configs/$(METHOD)-$(REPR).yaml
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-quality clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test: install
 
 bench: install
 	$(PY) bench/speed.py
+
+bench-quality: install
+	$(PY) bench/quality.py --quick
 
 clean:
 	rm -rf outputs .pytest_cache
