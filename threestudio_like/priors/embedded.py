@@ -60,9 +60,13 @@ class EmbeddedPriorConfig:
     num_train_timesteps: int = 1000
     supersample: int = 2  # sub-pixel rays per axis on the references' edges
     chunk_size: int = 64  # rows of x_t per denoiser pass (bounds memory)
+    # ε_φ of VSD/ESD: memory = exact denoiser of recent renders (training-free, measured better on the
+    # CPU demo, docs/GUIDANCE.md); unet = a small camera-conditioned UNet trained from scratch
+    variational: str = "memory"
 
     def __post_init__(self) -> None:
         check_choice(self.camera_mode, CAMERA_MODES, "camera_mode")
+        check_choice(self.variational, ("memory", "unet"), "variational")
         if self.camera_sigma_deg <= 0:
             raise ValueError(f"camera_sigma_deg={self.camera_sigma_deg} must be > 0")
         if not 0 < self.azimuth_step_deg <= 360:
@@ -135,6 +139,9 @@ class EmbeddedPrior(DiffusionPrior):
         self.active_text: Optional[str] = None  # the prompt whose reference set predict_noise uses
 
     # --- scenes and references ------------------------------------------------------------------
+    def prepare(self, text: str) -> None:
+        self.scene(text)  # parses the prompt: an unknown word fails here, before training
+
     def scene(self, text: str) -> Scene:
         """The ground-truth scene of ``text`` (parsed once)."""
         if text not in self._scenes:
@@ -243,6 +250,14 @@ class EmbeddedPrior(DiffusionPrior):
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).to(x_t.dtype)
         x0 = self.predict_x0(x_t, t, cond)
         return (x_t - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
+
+    def variational_copy(self, rank: int) -> torch.nn.Module:
+        """ε_φ for VSD/ESD (``rank`` is unused: there is no pretrained UNet to adapt)."""
+        from threestudio_like.priors.variational import CameraUNet, RenderMemory
+
+        if self.cfg.variational == "unet":
+            return CameraUNet(channels=3).to(self.device_)
+        return RenderMemory(capacity=64, camera_sigma_deg=self.cfg.camera_sigma_deg, alphas_cumprod=self.alphas_cumprod).to(self.device_)
 
 
 def reference_angles(elevation_range: List[float], azimuth_step: float, n_elevations: int) -> tuple[Tensor, Tensor]:
