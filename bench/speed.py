@@ -141,11 +141,11 @@ def render(scene, device: torch.device):
     return out["rgb"], cameras
 
 
-def sds_step(ctx, timer: PartTimer) -> None:
-    """DreamFusion's step: render → VAE → UNet at 2B → g = w(t)(ε_s − ε) → backward → Adam."""
+def prior_pass(ctx, timer: PartTimer):
+    """The parts SDS and VSD share: render → VAE encode → noise → prior UNet at 2B (cond, null)."""
     prior, guidance, B = ctx.prior, ctx.guidance, ctx.args.batch
     with timer("render"):
-        rgb, _ = render(ctx.scene, ctx.device)
+        rgb, cameras = render(ctx.scene, ctx.device)
     with timer("vae_encode"):
         x = prior.encode_images(rgb.permute(0, 3, 1, 2))
     with timer("guidance_math"), torch.no_grad():
@@ -154,6 +154,13 @@ def sds_step(ctx, timer: PartTimer) -> None:
         x_t = guidance.add_noise(x.detach(), noise, t)
     with timer("unet"), torch.no_grad():
         eps_y, eps_0 = prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), ctx.cond_null).chunk(2)
+    return cameras, x, t, noise, x_t, eps_y, eps_0
+
+
+def sds_step(ctx, timer: PartTimer) -> None:
+    """DreamFusion's step: render → VAE → UNet at 2B → g = w(t)(ε_s − ε) → backward → Adam."""
+    guidance = ctx.guidance
+    _, x, t, noise, x_t, eps_y, eps_0 = prior_pass(ctx, timer)
     with timer("guidance_math"):
         with torch.no_grad():
             grad = guidance.weight(t, x) * (eps_0 + guidance.cfg.guidance_scale * (eps_y - eps_0) - noise)
@@ -168,17 +175,8 @@ def sds_step(ctx, timer: PartTimer) -> None:
 def vsd_step(ctx, timer: PartTimer) -> None:
     """ProlificDreamer's step: SDS's parts with ε_φ in place of ε, plus ε_φ's own loss and AdamW."""
     prior, guidance, phi, B = ctx.prior, ctx.guidance, ctx.variational, ctx.args.batch
-    with timer("render"):
-        rgb, cameras = render(ctx.scene, ctx.device)
-        camera = cameras.flat_matrices().to(ctx.device)
-    with timer("vae_encode"):
-        x = prior.encode_images(rgb.permute(0, 3, 1, 2))
-    with timer("guidance_math"), torch.no_grad():
-        t = guidance.sample_timesteps(B, ctx.device)
-        noise = torch.randn_like(x)
-        x_t = guidance.add_noise(x.detach(), noise, t)
-    with timer("unet"), torch.no_grad():
-        eps_y, eps_0 = prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), ctx.cond_null).chunk(2)
+    cameras, x, t, noise, x_t, eps_y, eps_0 = prior_pass(ctx, timer)
+    camera = cameras.flat_matrices().to(ctx.device)
     with timer("unet_lora"), torch.no_grad():
         eps_phi = phi(x_t, t, ctx.cond, camera)  # s_φ = 1: the camera-free half is skipped
     with timer("guidance_math"):
