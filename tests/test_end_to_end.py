@@ -117,3 +117,21 @@ def test_resume_is_exact(root, tmp_path):
             assert torch.equal(a, b), name
         else:
             assert a == b, name
+
+
+def test_ctrl_c_saves_a_checkpoint_before_exiting(root, tmp_path):
+    cfg = load_config(root / "configs/sds-nerf.yaml", ["trainer.max_steps=50", "trainer.progress_bar=false"])
+    seed_everything(cfg.seed)
+    system, trainer_cls = build(cfg, torch.device("cpu"))
+    trainer = trainer_cls(system, cfg.trainer, tmp_path / "run")
+    real_step = system.training_step
+
+    def interrupted_at_5(step, max_steps):
+        if step == 5:
+            raise KeyboardInterrupt
+        return real_step(step, max_steps)
+
+    system.training_step = interrupted_at_5
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert load_checkpoint(trainer.ckpt_path)["step"] == 5
