@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from threestudio_like import metrics  # noqa: E402
 from threestudio_like.cli import build  # noqa: E402
 from threestudio_like.config import load_config  # noqa: E402
-from threestudio_like.data.cameras import make_cameras  # noqa: E402
+from threestudio_like.data.cameras import orbit_cameras  # noqa: E402
 from threestudio_like.export.preview import load_export, render_mesh  # noqa: E402
 from threestudio_like.systems.checkpoint import load_checkpoint  # noqa: E402
 
@@ -43,10 +43,8 @@ def main() -> int:
     mesh = load_export(exports[-1], "model.glb")
 
     n = args.views
-    azimuth = (torch.arange(n, dtype=torch.float32) + 0.5) * (360.0 / n)
-    full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    cameras = make_cameras(full(20.0), azimuth, full(cfg.data.eval_camera_distance), full(cfg.data.eval_fovy),
-                           args.resolution, args.resolution)
+    cameras = orbit_cameras(n, 20.0, cfg.data.eval_camera_distance, cfg.data.eval_fovy, args.resolution, args.resolution,
+                            azimuth_offset=0.5)
     with torch.no_grad():
         ours = system.render(cameras)
     preview = render_mesh(mesh, cameras, supersample=2)

@@ -176,9 +176,12 @@ def make_cameras(
     )
 
 
-def orbit_cameras(n_views: int, elevation: float, distance: float, fovy: float, width: int, height: int) -> Cameras:
-    """``n_views`` cameras evenly spaced in azimuth on one orbit, starting at the front (azimuth 0)."""
-    azimuth = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views)
+def orbit_cameras(
+    n_views: int, elevation: float, distance: float, fovy: float, width: int, height: int, azimuth_offset: float = 0.0
+) -> Cameras:
+    """``n_views`` cameras evenly spaced in azimuth on one orbit, starting at the front (azimuth 0),
+    or ``azimuth_offset`` of a step past it (0.5: views halfway between those of an unshifted orbit)."""
+    azimuth = (torch.arange(n_views, dtype=torch.float32) + azimuth_offset) * (360.0 / n_views)
     full = lambda v: torch.full((n_views,), float(v))  # noqa: E731
     return make_cameras(full(elevation), azimuth, full(distance), full(fovy), width, height)
 

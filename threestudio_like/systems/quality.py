@@ -7,19 +7,16 @@ from typing import Optional
 import torch
 
 from threestudio_like import metrics
-from threestudio_like.data.cameras import Cameras, make_cameras
+from threestudio_like.data.cameras import Cameras, orbit_cameras
 
 
 def held_out_cameras(sampler, n_views: int, elevation: float) -> Cameras:
     """``n_views`` views between the reference azimuths (offset by half a step), at the training
     distance, field of view and resolution."""
     cfg = sampler.cfg
-    azimuth = (torch.arange(n_views, dtype=torch.float32) + 0.5) * (360.0 / n_views)
-    full = lambda v: torch.full((n_views,), float(v))  # noqa: E731
-    distance = 0.5 * sum(cfg.camera_distance_range)
-    fovy = 0.5 * sum(cfg.fovy_range)
     width, height = sampler.resolution()
-    return make_cameras(full(elevation), azimuth, full(distance), full(fovy), width, height)
+    distance, fovy = 0.5 * sum(cfg.camera_distance_range), 0.5 * sum(cfg.fovy_range)
+    return orbit_cameras(n_views, elevation, distance, fovy, width, height, azimuth_offset=0.5)
 
 
 @torch.no_grad()

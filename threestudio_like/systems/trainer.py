@@ -119,8 +119,7 @@ class Trainer:
         paths = export_geometry(self.system.geometry, self.save_dir / f"it{self.step}-export", self.system.cfg.exporter)
         write_splats = getattr(self.system.geometry, "write_splat_ply", None)
         if write_splats is not None:
-            target = Path(next(iter(paths.values()))).parent / "splats.ply"
-            paths["splats"] = write_splats(target)
+            paths["splats"] = write_splats(Path(paths["dir"]) / "splats.ply")
         return paths
 
     def quality(self) -> Optional[Path]:
