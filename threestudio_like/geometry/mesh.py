@@ -1,0 +1,142 @@
+"""A triangle mesh that may carry autograd, and the mesh regularisers of the refinement stages.
+
+Faces are wound counter-clockwise seen from outside, so ``cross(v1 − v0, v2 − v0)`` points out.
+Topology (edges, face adjacency, vertex neighbours) depends on ``t_pos_idx`` only and is computed
+once per mesh; positions may change between calls (a mesh is rebuilt for every new surface anyway).
+
+The regularisers follow threestudio's names (``lambda_normal_consistency``,
+``lambda_laplacian_smoothness``):
+- normal consistency: mean over pairs of faces sharing an edge of 1 − cos(n_i, n_j);
+- Laplacian smoothness: mean over vertices of ‖v − mean of its edge neighbours‖² (the uniform
+  Laplacian; vertices without neighbours are left out).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from torch import Tensor
+
+
+def _edge_keys(edges: Tensor, n_vertices: int) -> Tensor:
+    """edges [E,2] with edges[:,0] <= edges[:,1] → one integer key per undirected edge [E]."""
+    return edges[:, 0] * n_vertices + edges[:, 1]
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh whose vertex positions may carry autograd."""
+
+    v_pos: Tensor  # [V,3] float, world frame
+    t_pos_idx: Tensor  # [F,3] long, counter-clockwise seen from outside (outward face normals)
+    _topology: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    @classmethod
+    def from_trimesh(cls, mesh: trimesh.Trimesh, device: torch.device | str = "cpu") -> "Mesh":
+        return cls(
+            torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32, device=device),
+            torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long, device=device),
+        )
+
+    @property
+    def n_vertices(self) -> int:
+        return int(self.v_pos.shape[0])
+
+    @property
+    def n_faces(self) -> int:
+        return int(self.t_pos_idx.shape[0])
+
+    # --- geometry (recomputed: follows v_pos and its autograd) -----------------------------------
+    def face_areas_normals(self) -> Tensor:
+        """[F,3] cross(v1 − v0, v2 − v0): outward, length twice the face's area."""
+        v0, v1, v2 = (self.v_pos[self.t_pos_idx[:, i]] for i in range(3))
+        return torch.cross(v1 - v0, v2 - v0, dim=-1)
+
+    def face_normals(self) -> Tensor:
+        """[F,3] unit outward normals (zero for a degenerate face)."""
+        return F.normalize(self.face_areas_normals(), dim=-1)
+
+    def vertex_normals(self) -> Tensor:
+        """[V,3] unit normals, the area-weighted mean of the normals of the faces around each vertex."""
+        weighted = self.face_areas_normals()
+        sums = torch.zeros_like(self.v_pos)
+        for corner in range(3):
+            sums = sums.index_add(0, self.t_pos_idx[:, corner], weighted)
+        return F.normalize(sums, dim=-1)
+
+    # --- topology (cached) ----------------------------------------------------------------------
+    def _face_edges(self) -> Tensor:
+        """[F·3,2] the three edges of every face (face-major), each with its smaller index first."""
+        tri = self.t_pos_idx
+        pairs = torch.stack([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], dim=1).reshape(-1, 2)
+        return torch.sort(pairs, dim=-1).values
+
+    def edges(self) -> Tensor:
+        """[E,2] long: the unique undirected edges, smaller index first, sorted."""
+        if "edges" not in self._topology:
+            self._topology["edges"] = torch.unique(self._face_edges(), dim=0)
+        return self._topology["edges"]
+
+    def adjacent_faces(self) -> Tensor:
+        """[P,2] long: pairs of faces that share an edge.
+
+        A manifold edge gives one pair; an edge shared by k > 2 faces gives k − 1 pairs (a chain).
+        """
+        if "adjacent_faces" not in self._topology:
+            keys = _edge_keys(self._face_edges(), max(self.n_vertices, 1))
+            order = torch.argsort(keys, stable=True)
+            same = keys[order][1:] == keys[order][:-1]
+            face_of = order // 3
+            self._topology["adjacent_faces"] = torch.stack([face_of[:-1][same], face_of[1:][same]], dim=-1)
+        return self._topology["adjacent_faces"]
+
+    def neighbour_counts(self) -> Tensor:
+        """[V] long: number of distinct edge neighbours of each vertex."""
+        if "degree" not in self._topology:
+            e = self.edges().reshape(-1)
+            self._topology["degree"] = torch.bincount(e, minlength=self.n_vertices)
+        return self._topology["degree"]
+
+    # --- conversion -----------------------------------------------------------------------------
+    def to_trimesh(self, vertex_colors: Optional[np.ndarray] = None, **kwargs: Any) -> trimesh.Trimesh:
+        """A detached copy as a trimesh (no merging or reordering of vertices)."""
+        return trimesh.Trimesh(
+            vertices=self.v_pos.detach().cpu().numpy().astype(np.float64),
+            faces=self.t_pos_idx.detach().cpu().numpy(),
+            vertex_colors=vertex_colors,
+            process=False,
+            **kwargs,
+        )
+
+
+def uniform_laplacian(mesh: Mesh) -> Tensor:
+    """[V,3]: v − mean of its edge neighbours (zero for a vertex without neighbours)."""
+    edges = mesh.edges()
+    sums = torch.zeros_like(mesh.v_pos)
+    sums = sums.index_add(0, edges[:, 0], mesh.v_pos[edges[:, 1]])
+    sums = sums.index_add(0, edges[:, 1], mesh.v_pos[edges[:, 0]])
+    degree = mesh.neighbour_counts()
+    mean = sums / degree.clamp_min(1).unsqueeze(-1).to(sums.dtype)
+    return torch.where((degree > 0).unsqueeze(-1), mesh.v_pos - mean, torch.zeros_like(mean))
+
+
+def laplacian_smoothness(mesh: Mesh) -> Tensor:
+    """Scalar: mean over vertices with neighbours of ‖v − mean(neighbours)‖²."""
+    connected = mesh.neighbour_counts() > 0
+    if not bool(connected.any()):
+        return mesh.v_pos.sum() * 0.0
+    return uniform_laplacian(mesh)[connected].square().sum(-1).mean()
+
+
+def normal_consistency(mesh: Mesh) -> Tensor:
+    """Scalar: mean over pairs of faces sharing an edge of 1 − cos(n_i, n_j) (0 for a flat mesh)."""
+    pairs = mesh.adjacent_faces()
+    if pairs.shape[0] == 0:
+        return mesh.v_pos.sum() * 0.0
+    normals = mesh.face_normals()
+    cos = (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)
+    return (1.0 - cos).mean()
