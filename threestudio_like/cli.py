@@ -69,6 +69,11 @@ def build(cfg: ExperimentConfig, device: torch.device):
 
     sampler = lookup("data", cfg.data_type)(cfg.data)
     system = lookup("system", cfg.system_type)(cfg.system, sampler, device)
+    convert_from = getattr(cfg.system, "geometry_convert_from", None)
+    if convert_from and not cfg.resume:  # a resumed refined run has its own geometry in its checkpoint
+        from threestudio_like.systems.convert import convert_system_geometry
+
+        convert_system_geometry(system, convert_from)
     return system, Trainer
 
 
@@ -102,6 +107,10 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, trainer, run_dir: Path)
     (run_dir / "configs").mkdir(parents=True, exist_ok=True)
     if args.train:
         (run_dir / "configs" / "parsed.yaml").write_text(to_yaml(cfg))
+        if getattr(trainer.system, "converted_from", None):
+            from threestudio_like.systems.convert import write_record
+
+            write_record(run_dir, trainer.system.converted_from)
     print(f"run folder: {run_dir}")
     try:
         if args.train:

@@ -134,3 +134,11 @@ def high_frequency_excess(pred: Tensor, target: Tensor, true_mask: Tensor, thres
     if not bool(inside.any()):
         return float("nan")
     return float((laplacian(pred) - laplacian(target))[inside].mean())
+
+
+def normal_angle_error(pred_normals: Tensor, true_normals: Tensor) -> float:
+    """Mean angle in degrees between paired unit normals [N,3] (0 = equal, 180 = flipped)."""
+    pred = pred_normals.detach().double()
+    true = true_normals.detach().double()
+    cosine = (pred / pred.norm(dim=-1, keepdim=True).clamp_min(1e-12) * true / true.norm(dim=-1, keepdim=True).clamp_min(1e-12)).sum(-1)
+    return float(torch.rad2deg(torch.arccos(cosine.clamp(-1.0, 1.0))).mean())

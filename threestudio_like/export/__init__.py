@@ -78,15 +78,31 @@ class ExportConfig:
 def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
     """The geometry's surface as a world-frame (z-up) mesh with outward normals, floaters removed and
     optionally decimated. ``mesh.metadata["isosurface_threshold"]`` holds the level used.
-    Raises :class:`ExportError` when the field has no surface."""
-    grid = density_grid(geometry, cfg.isosurface_resolution, cfg.chunk_size, cfg.progress)
-    level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
-    mesh = marching_cubes(grid, level, float(geometry.radius))
+    Raises :class:`ExportError` when the field has no surface.
+
+    A geometry that is a mesh already (it offers ``isosurface()``, e.g. DMTet) gives that mesh, not
+    marching cubes of its density; its ``isosurface_threshold`` metadata is then None."""
+    if callable(getattr(geometry, "isosurface", None)):
+        mesh, level = own_surface(geometry), None
+    else:
+        grid = density_grid(geometry, cfg.isosurface_resolution, cfg.chunk_size, cfg.progress)
+        level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
+        mesh = marching_cubes(grid, level, float(geometry.radius))
     mesh = remove_floaters(mesh, cfg.min_component_fraction)
     mesh = decimate(mesh, cfg.decimate_target_faces)
     mesh.metadata["isosurface_threshold"] = level
-    log.info("mesh at density %.4g: %d vertices, %d faces, watertight=%s", level, len(mesh.vertices),
+    log.info("mesh (density level %s): %d vertices, %d faces, watertight=%s", level, len(mesh.vertices),
              len(mesh.faces), mesh.is_watertight)
+    return mesh
+
+
+def own_surface(geometry: torch.nn.Module) -> trimesh.Trimesh:
+    """The world-frame mesh a mesh geometry holds (detached), merged at shared vertices."""
+    with torch.no_grad():
+        mesh = geometry.isosurface().to_trimesh()
+    if len(mesh.faces) == 0:
+        raise ExportError(f"{type(geometry).__name__} has no surface (its isosurface is empty): nothing to export")
+    mesh.merge_vertices()
     return mesh
 
 
@@ -131,6 +147,7 @@ def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportC
         files = write_obj(in_file, tmp, vertex_colors=extra_colors)
         files.update(write_glb(in_file, tmp))
         info = {
+            "surface": "isosurface" if mesh.metadata["isosurface_threshold"] is None else "marching cubes",
             "isosurface_threshold": mesh.metadata["isosurface_threshold"],
             "isosurface_resolution": cfg.isosurface_resolution, "radius": float(geometry.radius),
             "vertices": len(in_file.vertices), "faces": len(in_file.faces), "watertight": bool(mesh.is_watertight),

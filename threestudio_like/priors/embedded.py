@@ -1,8 +1,9 @@
 """The embedded prior: an exact diffusion model of a small procedural world, offline and known-answer.
 
 The prompt is parsed into a scene (:mod:`threestudio_like.priors.scenes`); K reference views of it
-are rendered (white background, one fixed world light) and the model is the exact denoiser of that
-image set under the DDPM forward process, in pixel space:
+are rendered (white background, one fixed world light; or, with ``reference: normal``, its world
+normals as (n + 1)/2 on white, the picture a geometry refinement stage shows the guidance) and the
+model is the exact denoiser of that image set under the DDPM forward process, in pixel space:
 
     x̂0(x_t) = Σ_i softmax_i(c_i − ‖x_t − √ᾱ_t x_i‖² / 2(1 − ᾱ_t)) x_i,   ε̂ = (x_t − √ᾱ_t x̂0) / √(1 − ᾱ_t)
 
@@ -38,10 +39,12 @@ from torch import Tensor
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras, RandomCameraConfig, make_cameras, wrap_degrees
 from threestudio_like.priors.base import DiffusionPrior, ddpm_alphas_cumprod
-from threestudio_like.priors.scenes import Scene, parse_prompt
+from threestudio_like.priors.scenes import BACKGROUND, Scene, parse_prompt
 from threestudio_like.registry import register
+from threestudio_like.utils.images import normal_image
 
 CAMERA_MODES = ("none", "view-prompt", "camera")
+REFERENCE_KINDS = ("rgb", "normal")
 DEFAULT_LIBRARY = (
     "a red ball", "a blue cube", "a green cylinder next to a yellow cone", "an orange torus",
     "a purple pyramid on a white box", "a house", "a mug",
@@ -63,9 +66,13 @@ class EmbeddedPriorConfig:
     # ε_φ of VSD/ESD: memory = exact denoiser of recent renders (training-free, measured better on the
     # CPU demo, docs/GUIDANCE.md); unet = a small camera-conditioned UNet trained from scratch
     variational: str = "memory"
+    # what the references show: rgb (shaded colours) or normal ((n + 1)/2 world normals on white, what
+    # a geometry refinement stage shows the guidance)
+    reference: str = "rgb"
 
     def __post_init__(self) -> None:
         check_choice(self.camera_mode, CAMERA_MODES, "camera_mode")
+        check_choice(self.reference, REFERENCE_KINDS, "reference")
         check_choice(self.variational, ("memory", "unet"), "variational")
         if self.camera_sigma_deg <= 0:
             raise ValueError(f"camera_sigma_deg={self.camera_sigma_deg} must be > 0")
@@ -172,7 +179,7 @@ class EmbeddedPrior(DiffusionPrior):
         scene = self.scene(text)
         key = (scene.key, height, width)
         if key not in self._renders:
-            rgb = scene.render(self.reference_cameras(width, height), supersample=self.cfg.supersample)["rgb"]
+            rgb = reference_image(scene.render(self.reference_cameras(width, height), supersample=self.cfg.supersample), self.cfg.reference)
             self._renders[key] = (2.0 * rgb - 1.0).permute(0, 3, 1, 2).contiguous().to(self.device_)
         return self._renders[key]
 
@@ -258,6 +265,14 @@ class EmbeddedPrior(DiffusionPrior):
         if self.cfg.variational == "unet":
             return CameraUNet(channels=3).to(self.device_)
         return RenderMemory(capacity=64, camera_sigma_deg=self.cfg.camera_sigma_deg, alphas_cumprod=self.alphas_cumprod).to(self.device_)
+
+
+def reference_image(render: dict[str, Tensor], kind: str) -> Tensor:
+    """The reference picture [K,H,W,3] in [0,1] of a scene render (``Scene.render``'s dict): its
+    shaded rgb, or its normals as the geometry stage's renders show them (on the white background)."""
+    if kind == "normal":
+        return normal_image(render["normal"], render["mask"], torch.tensor(BACKGROUND, dtype=render["normal"].dtype))
+    return render["rgb"]
 
 
 def reference_angles(elevation_range: List[float], azimuth_step: float, n_elevations: int) -> tuple[Tensor, Tensor]:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
-from threestudio_like.priors.sdf import Primitive, Shape, bounding_radius, evaluate, render_sdf, single_thread
+from threestudio_like.priors.sdf import Primitive, Shape, bounding_radius, evaluate, render_sdf, sdf_normals, single_thread
 
 FIT_RADIUS = 0.72  # the NeRF's bounding radius is 1.0; keep the scene well inside it
 LIGHT_DIRECTION = (0.4, 0.3, 1.0)  # one fixed world light (normalised below), baked into the colors
@@ -325,8 +325,9 @@ class Scene:
             ]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
 
-    def surface_points(self, n: int, resolution: int = 128, seed: int = 0) -> Tensor:
-        """n points [n,3] sampled uniformly (by area) on the surface (marching cubes of the SDF)."""
+    def surface_mesh(self, resolution: int = 128) -> tuple[np.ndarray, np.ndarray]:
+        """The true surface as (vertices [V,3], faces [F,3]): marching cubes of the SDF on a
+        ``resolution``³ grid just larger than the scene."""
         import mcubes
 
         r = self.radius + 0.05
@@ -336,7 +337,11 @@ class Scene:
             values = torch.cat([self.sdf(chunk) for chunk in grid.split(262144)])
         volume = (-values).reshape(resolution, resolution, resolution).numpy().astype(np.float64)
         verts, faces = mcubes.marching_cubes(volume, 0.0)
-        verts = verts * (2 * r / (resolution - 1)) - r
+        return verts * (2 * r / (resolution - 1)) - r, faces
+
+    def surface_points(self, n: int, resolution: int = 128, seed: int = 0) -> Tensor:
+        """n points [n,3] sampled uniformly (by area) on the surface (marching cubes of the SDF)."""
+        verts, faces = self.surface_mesh(resolution)
         tri = verts[faces]  # [F,3,3]
         areas = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=-1)
         rng = np.random.default_rng(seed)
@@ -347,6 +352,15 @@ class Scene:
         t = tri[pick]
         points = t[:, 0] + u[:, None] * (t[:, 1] - t[:, 0]) + v[:, None] * (t[:, 2] - t[:, 0])
         return torch.from_numpy(points).float()
+
+    def normals(self, points: Tensor, projections: int = 2) -> Tensor:
+        """True outward unit normals [N,3] at the surface points closest to ``points`` [N,3]: each
+        point is moved onto the surface along the SDF gradient (p ← p − sdf(p)·∇sdf), then the
+        gradient there is taken."""
+        with single_thread():
+            for _ in range(projections):
+                points = points - self.sdf(points)[:, None] * sdf_normals(self.sdf, points)
+            return sdf_normals(self.sdf, points)
 
 
 def light_direction() -> Tensor:

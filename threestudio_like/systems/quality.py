@@ -1,10 +1,14 @@
-"""Quality against ground truth: held-out views and the surface of the embedded prior's scene."""
+"""Quality against ground truth: held-out views and the surface of the embedded prior's scene, of
+the field (the run's own renders, a mesh at a fixed level) and of the asset (the exported GLB)."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
+import trimesh
 
 from threestudio_like import metrics
 from threestudio_like.data.cameras import Cameras, orbit_cameras
@@ -36,8 +40,53 @@ def knows_ground_truth(system) -> bool:
     return hasattr(system.prior, "scene")
 
 
+def count_components(mesh: trimesh.Trimesh) -> int:
+    """Connected pieces of a mesh, vertices merged by position first (UV seams split them in files)."""
+    merged = mesh.copy()
+    merged.merge_vertices(merge_tex=True, merge_norm=True)
+    labels = trimesh.graph.connected_component_labels(merged.face_adjacency, node_count=len(merged.faces))
+    return int(labels.max()) + 1 if len(labels) else 0
+
+
 @torch.no_grad()
-def evaluate_quality(system, with_chamfer: bool = True) -> Optional[dict[str, float]]:
+def measure_asset(mesh: trimesh.Trimesh, scene, cameras: Cameras, n_points: int = 20000) -> dict[str, float]:
+    """The asset against the true scene: Chamfer, mean normal angle error (the asset's face normals vs
+    the true normals at the closest surface points), PSNR and mask IoU of its textured renders
+    against the true views, and its connected components beside the true scene's."""
+    from threestudio_like.export import render_mesh
+
+    points, faces = trimesh.sample.sample_surface(mesh, n_points, seed=0)
+    points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    ours_normals = torch.as_tensor(np.asarray(mesh.face_normals)[faces], dtype=torch.float32)
+    truth = scene.render(cameras)
+    render = render_mesh(mesh, cameras, supersample=2)
+    true_vertices, true_faces = scene.surface_mesh(96)
+    return {
+        "chamfer": float(metrics.chamfer_distance(points, scene.surface_points(n_points))),
+        "normal_error_deg": metrics.normal_angle_error(ours_normals, scene.normals(points)),
+        "psnr": float(metrics.psnr(render["rgb"], truth["rgb"])),
+        "iou": float(metrics.mask_iou(render["mask"], truth["mask"])),
+        "components": count_components(mesh),
+        "true_components": count_components(trimesh.Trimesh(true_vertices, true_faces, process=False)),
+        "faces": int(len(mesh.faces)),
+    }
+
+
+def asset_quality(system, export_dir: Path) -> dict[str, float]:
+    """``measure_asset`` of the run's export read back from its GLB, at ``quality.asset_resolution``;
+    ``field_psnr`` is the run's own render on the same views (the asset must not lose to it)."""
+    from threestudio_like.export import load_export
+
+    cfg = system.cfg.quality
+    cameras = held_out_cameras(system.sampler, cfg.n_views, cfg.elevation).with_resolution(cfg.asset_resolution, cfg.asset_resolution)
+    result = measure_asset(load_export(export_dir), system.prior.scene(system.prompt.text), cameras, cfg.n_surface_points)
+    result["field_psnr"] = image_quality(system, cameras)["psnr"]
+    result["resolution"] = cfg.asset_resolution
+    return result
+
+
+@torch.no_grad()
+def evaluate_quality(system, with_chamfer: bool = True, export_dir: Optional[Path] = None) -> Optional[dict]:
     """quality.json's content, or None when the prior has no ground truth (Stable Diffusion)."""
     cfg = system.cfg.quality
     if not (cfg.enabled and knows_ground_truth(system)):
@@ -56,4 +105,6 @@ def evaluate_quality(system, with_chamfer: bool = True) -> Optional[dict[str, fl
             result["chamfer"] = float(metrics.chamfer_distance(ours, torch.as_tensor(truth, dtype=torch.float32)))
         except ExportError:
             pass  # no surface yet: Chamfer stays NaN
+    if export_dir is not None:
+        result["asset"] = asset_quality(system, Path(export_dir))
     return result

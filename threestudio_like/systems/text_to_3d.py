@@ -6,7 +6,7 @@ step does; the training loop, logging and files live in ``systems/trainer.py``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +19,11 @@ from threestudio_like.prompts import Prompt, PromptConfig
 from threestudio_like.registry import lookup, register
 from threestudio_like.utils.schedules import check_schedule, schedule_value
 
-REGULARIZERS = ("sparsity", "opaque", "orient")
+REGULARIZERS = ("sparsity", "opaque", "orient", "normal_consistency", "laplacian_smoothness")
+MESH_REGULARIZERS = ("normal_consistency", "laplacian_smoothness")
+# what the guidance sees per stage (threestudio's coarse → refine chain): coarse/texture/fine the
+# rgb render; geometry the normal render, (n + 1)/2 on the background (ProlificDreamer's stage 2)
+STAGES = ("coarse", "geometry", "texture", "fine")
 
 
 @dataclass
@@ -39,6 +43,7 @@ class QualityConfig:
     elevation: float = 20.0
     mesh_resolution: int = 128  # marching-cubes resolution of the mesh used for Chamfer
     n_surface_points: int = 20000
+    asset_resolution: int = 64  # held-out views of the exported asset (the same for every stage)
 
 
 @dataclass
@@ -62,12 +67,29 @@ class TextTo3DConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     exporter: ExportConfig = field(default_factory=ExportConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
+    stage: str = "coarse"  # coarse | geometry | texture | fine (see STAGES)
+    # a finished run (folder or its ckpts/last.ckpt) whose geometry this run's geometry is created
+    # from (NewGeometry.create_from(old)); recorded in the run folder as convert_from.json
+    geometry_convert_from: Optional[str] = None
 
     def __post_init__(self) -> None:
+        check_choice(self.stage, STAGES, "stage")
         for key, value in self.loss.items():
             if not key.startswith("lambda_"):
                 raise ValueError(f"loss.{key}: loss weights are named lambda_<term>, e.g. lambda_sparsity")
             check_schedule(value, f"loss.{key}")
+
+
+def check_stage_references(cfg: TextTo3DConfig) -> None:
+    """A prior with references of a kind (the embedded prior) must show what the stage renders:
+    normal maps in the geometry stage, colours otherwise."""
+    reference = getattr(cfg.prior, "reference", None)
+    if reference is None:
+        return
+    wanted = "normal" if cfg.stage == "geometry" else "rgb"
+    if reference != wanted:
+        raise ConfigError(f"system.prior.reference={reference!r} does not match system.stage={cfg.stage!r}, "
+                          f"whose guidance sees {wanted} renders; set system.prior.reference={wanted}")
 
 
 def build(family: str, name: str, cfg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -83,6 +105,7 @@ class TextTo3DSystem(nn.Module):
 
     def __init__(self, cfg: TextTo3DConfig, sampler, device: torch.device) -> None:
         super().__init__()
+        check_stage_references(cfg)
         self.cfg, self.sampler, self.device = cfg, sampler, torch.device(device)
         self.geometry = build("geometry", cfg.geometry_type, cfg.geometry).to(self.device)
         self.material = build("material", cfg.material_type, cfg.material).to(self.device)
@@ -96,6 +119,7 @@ class TextTo3DSystem(nn.Module):
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build_optimizers()
         self.checked_loss_names = False
+        self.converted_from: Optional[dict[str, Any]] = None  # set by systems/convert.py
 
     # --- optimizers -----------------------------------------------------------------------
     def build_optimizers(self) -> None:
@@ -140,16 +164,38 @@ class TextTo3DSystem(nn.Module):
             if "orient" not in out:
                 raise ConfigError(f"loss.lambda_orient > 0 but renderer {self.cfg.renderer_type!r} gives no orientation term")
             terms["loss_orient"] = out["orient"].sum() / (opacity > 0).sum().clamp_min(1)
+        terms.update(self.mesh_regularizers(out, step))
         return terms
+
+    def mesh_regularizers(self, out: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Normal consistency and Laplacian smoothness of the rendered mesh (renders that carry one)."""
+        wanted = [name for name in MESH_REGULARIZERS if self.lambda_(name, step) > 0]
+        if not wanted:
+            return {}
+        if "mesh" not in out:
+            raise ConfigError(f"loss.lambda_{wanted[0]} > 0 but renderer {self.cfg.renderer_type!r} renders no mesh; use mesh-rasterizer")
+        from threestudio_like.geometry import mesh as mesh_terms
+
+        return {f"loss_{name}": getattr(mesh_terms, name)(out["mesh"]) for name in wanted}
+
+    def guidance_input(self, out: dict[str, Tensor], cameras: Cameras) -> Tensor:
+        """The image [B,H,W,3] the guidance scores: the rgb render, or in the geometry stage the
+        normal render on the background."""
+        if self.cfg.stage != "geometry":
+            return out["rgb"]
+        from threestudio_like.utils.images import normal_image
+
+        background = self.background(cameras.rays()[1], training=True)
+        return normal_image(out["normal"], out["opacity"], background)
 
     def training_step(self, step: int, max_steps: int) -> dict[str, float]:
         """One optimisation step; returns the logged scalars."""
         self.update_step(step, max_steps)
         cameras = self.sampler.sample().to(self.device)
         shading = self.material.training_shading(step)
-        with_normal = self.material.requires_normal(shading) or self.lambda_("orient", step) > 0
+        with_normal = self.material.requires_normal(shading) or self.lambda_("orient", step) > 0 or self.cfg.stage == "geometry"
         out = self.render(cameras, shading=shading, training=True, with_normal=with_normal)
-        terms = self.guidance(out["rgb"], cameras, self.prompt)
+        terms = self.guidance(self.guidance_input(out, cameras), cameras, self.prompt)
         terms.update(self.regularizers(out, step))
         self.check_loss_names(terms)
         total = sum(self.lambda_(key[5:], step) * value for key, value in terms.items() if key.startswith("loss_"))

@@ -48,6 +48,7 @@ class Trainer:
         self.save_dir = self.run_dir / "save"
         self.ckpt_path = self.run_dir / "ckpts" / "last.ckpt"
         self.step = 0
+        self.last_export: Optional[Path] = None  # the export folder quality.json measures as the asset
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
@@ -120,10 +121,11 @@ class Trainer:
         write_splats = getattr(self.system.geometry, "write_splat_ply", None)
         if write_splats is not None:
             paths["splats"] = write_splats(Path(paths["dir"]) / "splats.ply")
+        self.last_export = Path(paths["dir"])
         return paths
 
     def quality(self) -> Optional[Path]:
-        result = evaluate_quality(self.system)
+        result = evaluate_quality(self.system, export_dir=self.last_export)
         if result is None:
             return None
         result["step"] = self.step

@@ -1,0 +1,147 @@
+"""The refinement stage's own parts: chaining runs (geometry_convert_from), normal-map references,
+and the asset measures of quality.json."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from threestudio_like.cli import main
+from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler, make_cameras, orbit_cameras
+from threestudio_like.priors.embedded import EmbeddedPrior, EmbeddedPriorConfig
+from threestudio_like.priors.scenes import parse_prompt
+from threestudio_like.systems.quality import count_components, measure_asset
+
+SMALL = [
+    "trainer.progress_bar=false", "data.n_test_views=2", "data.eval_width=32", "data.eval_height=32",
+    "system.exporter.isosurface_resolution=40", "system.exporter.texture_size=64", "system.exporter.progress=false",
+    "system.quality.mesh_resolution=40", "system.quality.asset_resolution=32", "system.quality.n_views=2",
+]
+
+
+@pytest.fixture(scope="module")
+def coarse_run(tmp_path_factory):
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("coarse")
+    assert main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={out}",
+                 "trainer.max_steps=4", *SMALL]) == 0
+    (run_dir,) = (out / "sds-nerf").iterdir()
+    return root, run_dir
+
+
+def test_a_run_measures_its_exported_asset(coarse_run):
+    _, run = coarse_run
+    asset = json.loads((run / "quality.json").read_text())["asset"]
+    assert {"chamfer", "normal_error_deg", "psnr", "iou", "components", "true_components", "field_psnr"} <= set(asset)
+    assert asset["true_components"] == 1  # the ball touches the box
+    assert asset["chamfer"] > 0 and 0 <= asset["normal_error_deg"] <= 180
+
+
+def _convert_error(root, tmp_path, capsys, source, *extra) -> str:
+    code = main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={tmp_path / 'out'}",
+                 f"system.geometry_convert_from={source}", *extra, *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "out").exists()  # nothing written for a refused run
+    return err
+
+
+def test_convert_from_a_missing_path_is_one_line(coarse_run, tmp_path, capsys):
+    root, _ = coarse_run
+    err = _convert_error(root, tmp_path, capsys, tmp_path / "nowhere")
+    assert "nowhere" in err and "does not exist" in err
+
+
+def test_convert_from_a_folder_without_a_run_is_one_line(coarse_run, tmp_path, capsys):
+    root, _ = coarse_run
+    (tmp_path / "empty").mkdir()
+    assert "not in a run folder" in _convert_error(root, tmp_path, capsys, tmp_path / "empty")
+
+
+def test_convert_from_a_wrong_kind_of_checkpoint_is_one_line(coarse_run, tmp_path, capsys):
+    root, run = coarse_run
+    fake = tmp_path / "fake"
+    (fake / "configs").mkdir(parents=True)
+    (fake / "ckpts").mkdir()
+    (fake / "configs/parsed.yaml").write_text((run / "configs/parsed.yaml").read_text())
+    # a Gaussian-shaped geometry state under a NeRF run's config
+    torch.save({"step": 3, "modules": {"geometry": {"xyz": torch.zeros(5, 3)}}}, fake / "ckpts/last.ckpt")
+    err = _convert_error(root, tmp_path, capsys, fake / "ckpts/last.ckpt")
+    assert "is not a 'implicit-volume' geometry" in err
+    (fake / "ckpts/last.ckpt").write_text("not a checkpoint")
+    assert "cannot be read" in _convert_error(root, tmp_path, capsys, fake)
+
+
+def test_convert_into_a_geometry_without_create_from_is_one_line(coarse_run, tmp_path, capsys):
+    root, run = coarse_run
+    assert "cannot be created from another run" in _convert_error(root, tmp_path, capsys, run)
+
+
+def test_stage_and_prior_references_must_agree(coarse_run, tmp_path, capsys):
+    root, _ = coarse_run
+    code = main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={tmp_path}",
+                 "system.stage=geometry", *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2 and "system.prior.reference='rgb' does not match system.stage='geometry'" in err
+
+
+def test_normal_references_show_the_scenes_true_normals():
+    """A ball centred at the origin: the true normal at a surface point p is p/|p|."""
+    sampler = RandomCameraSampler(RandomCameraConfig(camera_distance_range=[2.5, 2.5], fovy_range=[40.0, 40.0],
+                                                     elevation_range=[0.0, 30.0]))
+    prior = EmbeddedPrior(EmbeddedPriorConfig(reference="normal", azimuth_step_deg=90.0, n_elevations=1, supersample=1,
+                                              null_library=[]), sampler=sampler)
+    text = "a red ball"
+    images, cameras = prior.references(text, 24, 24)  # [K,H,W,3]
+    truth = prior.scene(text).render(cameras, supersample=1)
+    hit = truth["mask"][..., 0] > 0.5
+    origins, dirs = cameras.rays()
+    points = origins + truth["depth"] * dirs
+    expected = (points / points.norm(dim=-1, keepdim=True) + 1.0) / 2.0
+    assert hit.sum() > 50 and (~hit).sum() > 50
+    assert torch.allclose(images[hit], expected[hit], atol=0.02)
+    assert torch.allclose(images[~hit], torch.ones_like(images[~hit]))  # white background
+    # the rgb references of the same prior kind stay the shaded colours
+    rgb_prior = EmbeddedPrior(EmbeddedPriorConfig(azimuth_step_deg=90.0, n_elevations=1, supersample=1, null_library=[]), sampler=sampler)
+    assert torch.allclose(rgb_prior.references(text, 24, 24)[0], truth["rgb"], atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def true_mesh():
+    scene = parse_prompt("a red ball on a blue box")
+    vertices, faces = scene.surface_mesh(96)
+    mesh = trimesh.Trimesh(vertices, faces)
+    colors = scene.albedo(torch.as_tensor(mesh.vertices, dtype=torch.float32)).numpy()
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=np.round(colors * 255).astype(np.uint8))
+    cameras = orbit_cameras(2, 20.0, 2.5, 40.0, 32, 32, azimuth_offset=0.5)
+    return scene, mesh, cameras
+
+
+def test_the_true_surface_measures_near_perfect(true_mesh):
+    scene, mesh, cameras = true_mesh
+    m = measure_asset(mesh, scene, cameras, n_points=4000)
+    # two independent 4000-point samples of one surface lie ~0.01 apart (the sampling floor)
+    assert m["chamfer"] < 0.015 and m["normal_error_deg"] < 6.0, m
+    assert m["iou"] > 0.95 and m["components"] == m["true_components"] == 1, m
+
+
+def test_flipped_or_moved_surfaces_measure_badly(true_mesh):
+    scene, mesh, cameras = true_mesh
+    flipped = mesh.copy()
+    flipped.invert()
+    assert measure_asset(flipped, scene, cameras, n_points=2000)["normal_error_deg"] > 170
+    moved = mesh.copy()
+    moved.apply_translation([0.0, 0.0, 0.1])
+    assert measure_asset(moved, scene, cameras, n_points=2000)["chamfer"] > 0.03
+
+
+def test_components_count_pieces_not_uv_seams():
+    a, b = trimesh.creation.icosphere(2), trimesh.creation.icosphere(2)
+    b.apply_translation([3.0, 0.0, 0.0])
+    both = trimesh.util.concatenate([a, b])
+    assert count_components(both) == 2
+    seamed = trimesh.Trimesh(a.vertices[a.faces].reshape(-1, 3), np.arange(3 * len(a.faces)).reshape(-1, 3), process=False)
+    assert count_components(seamed) == 1  # every face its own vertices, as at UV seams

@@ -1,0 +1,98 @@
+"""Chaining stages: ``system.geometry_convert_from=<run folder or its ckpts/last.ckpt>``.
+
+The finished run's geometry is rebuilt from its own ``configs/parsed.yaml`` and checkpoint, and this
+run's geometry is created from it by ``NewGeometry.create_from(old, cfg)`` (threestudio's way: a NeRF
+or a Gaussian run becomes a DMTet mesh for refinement). The refined run records where it came from
+in ``convert_from.json``. Bad paths are one-line ``ValueError``s (the CLI prints them, exit code 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from threestudio_like.registry import lookup
+
+RECORD_NAME = "convert_from.json"
+HINT = "pass a finished run folder outputs/<name>/<run> or its ckpts/last.ckpt"
+
+
+def resolve_source(path: str | os.PathLike) -> tuple[Path, Path]:
+    """(run folder, checkpoint) of ``geometry_convert_from``: a run folder or a checkpoint inside one."""
+    given = Path(path)
+    if not given.exists():
+        raise ValueError(f"geometry_convert_from={str(path)!r} does not exist; {HINT}")
+    if given.is_dir():
+        run_dir, ckpt = given, given / "ckpts" / "last.ckpt"
+    else:
+        run_dir, ckpt = (given.parent.parent if given.parent.name == "ckpts" else given.parent), given
+    if not (run_dir / "configs" / "parsed.yaml").is_file():
+        raise ValueError(f"geometry_convert_from={str(path)!r} is not in a run folder (no configs/parsed.yaml beside ckpts/); {HINT}")
+    if not ckpt.is_file():
+        raise ValueError(f"geometry_convert_from={str(path)!r}: the run has no checkpoint {str(ckpt)!r} yet; {HINT}")
+    return run_dir, ckpt
+
+
+def load_source_geometry(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The finished run's geometry (on the CPU, at its trained state) and the record of where it came from."""
+    from threestudio_like.config import ConfigError, load_config
+    from threestudio_like.systems.checkpoint import load_checkpoint
+
+    run_dir, ckpt = resolve_source(path)
+    config_path = run_dir / "configs" / "parsed.yaml"
+    try:
+        source_cfg = load_config(config_path)
+    except ConfigError as error:
+        raise ValueError(f"geometry_convert_from={str(path)!r}: its configs/parsed.yaml does not load: {error}") from None
+    system_cfg = source_cfg.system
+    state = load_checkpoint(ckpt)
+    geometry_state = state["modules"].get("geometry")
+    if geometry_state is None:
+        raise ValueError(f"geometry_convert_from={str(path)!r}: checkpoint {str(ckpt)!r} holds no geometry")
+    geometry = lookup("geometry", system_cfg.geometry_type)(system_cfg.geometry)
+    try:
+        geometry.load_state_dict(geometry_state)
+    except (RuntimeError, KeyError) as error:
+        raise ValueError(f"geometry_convert_from={str(path)!r}: checkpoint {str(ckpt)!r} is not a "
+                         f"{system_cfg.geometry_type!r} geometry as its parsed.yaml says: {str(error).splitlines()[0]}") from None
+    step = int(state["step"])
+    geometry.update_step(step, source_cfg.trainer.max_steps)  # schedules (e.g. hash-grid levels) at the trained step
+    record = {
+        "run": str(run_dir.resolve()), "checkpoint": str(ckpt.resolve()), "step": step,
+        "config_sha256": hashlib.sha256(config_path.read_bytes()).hexdigest(),
+        "geometry_type": system_cfg.geometry_type, "stage": getattr(system_cfg, "stage", "coarse"),
+        "prompt": system_cfg.prompt_processor.prompt,
+    }
+    return geometry.eval(), record
+
+
+def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
+    """Replace ``system.geometry`` by ``create_from`` of the run at ``path``; rebuilds the optimizers.
+    Returns (and keeps as ``system.converted_from``) the record written to convert_from.json."""
+    cfg = system.cfg
+    source, record = load_source_geometry(path)
+    target = lookup("geometry", cfg.geometry_type)
+    if not hasattr(target, "create_from"):
+        raise ValueError(f"system.geometry_type={cfg.geometry_type!r} cannot be created from another run's "
+                         f"geometry (no create_from); use e.g. tetrahedra-sdf-grid with geometry_convert_from")
+    with torch.no_grad():
+        geometry = target.create_from(source, cfg.geometry)
+    system.geometry = geometry.to(system.device)
+    system.build_optimizers()
+    record["into"] = cfg.geometry_type
+    system.converted_from = record
+    return record
+
+
+def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Write convert_from.json into ``run_dir`` (temp file + rename)."""
+    path = Path(run_dir) / RECORD_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
