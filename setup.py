@@ -27,7 +27,7 @@ setup(
         "fast-simplification>=0.1",
     ],
     extras_require={
-        "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4"],
+        "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4", "diffrp-nvdiffrast>=0.3.3"],  # nvdiffrast compiles its plugin on first use (nvcc, ninja)
         "test": ["pytest>=7"],
     },
 )

@@ -1,0 +1,368 @@
+"""Differentiable triangle rasterization in nvdiffrast's split: ``clip_positions`` → ``rasterize`` →
+``interpolate`` → ``antialias`` (Laine et al. 2020). Pure PyTorch anywhere; nvdiffrast on CUDA tensors.
+
+Conventions (nvdiffrast's):
+- clip positions [B,V,4] (x, y, z, w); pixel (i, j), column i and row j, has its centre at NDC
+  ((2i+1)/W − 1, (2j+1)/H − 1). ``clip_positions`` flips y, so that row 0 is the top of the image as
+  in ``Cameras.rays()`` and in the other renderers' images.
+- ``rast`` [B,H,W,4] = (u, v, z/w, triangle index + 1), 0 where nothing covers the pixel centre; (u, v)
+  are the perspective-correct barycentrics of the triangle's vertices 0 and 1 (vertex 2 gets 1 − u − v).
+
+Torch path: homogeneous rasterization (Olano & Greer 1997). For a triangle with clip vertices
+V_i = (x_i, y_i, z_i, w_i) and a pixel centre (p, q) in NDC, λ = a × b with a_i = x_i − p w_i and
+b_i = y_i − q w_i solves Σ λ_i (x_i − p w_i) = Σ λ_i (y_i − q w_i) = 0: λ/Σλ are the barycentrics of the
+point of the triangle seen through that pixel, perspective-correct because clip space is linear in world
+space. Each λ_i is linear in (p, q). The pixel is covered when all λ_i/Σλ ≥ 0, the point lies in front
+(w > 0) and between the near and far planes (−1 ≤ z/w ≤ 1): clipping without splitting triangles, so
+triangles behind the camera or crossing it need no special case. Candidate pixels come from each
+triangle's screen bounding box (of its part in front of the near plane); the nearest z/w wins (ties: the
+lower triangle index). Visibility is discrete (no gradient); (u, v, z/w) of the winner are recomputed
+with autograd, so gradients reach the clip positions through them, as nvdiffrast's do.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from threestudio_like.config import check_choice
+
+BACKENDS = ("auto", "torch", "nvdiffrast")
+NEAR, FAR = 0.01, 100.0  # objects sit within a unit ball, cameras ~1–4 away: z/w keeps ~1e-5 resolution
+_CONTEXTS: dict[Any, Any] = {}
+
+
+# --------------------------------------------------------------------------------------------------
+# Cameras → clip space
+# --------------------------------------------------------------------------------------------------
+def projection_matrices(fovy: Tensor, aspect: float, near: float = NEAR, far: float = FAR) -> Tensor:
+    """[B,4,4] OpenGL perspective projections (fovy [B] radians, aspect = width/height) with y flipped."""
+    f = 1.0 / torch.tan(0.5 * fovy)
+    proj = torch.zeros(len(fovy), 4, 4, dtype=fovy.dtype, device=fovy.device)
+    proj[:, 0, 0] = f / aspect
+    proj[:, 1, 1] = -f  # row 0 at the top of the image (see the module docstring)
+    proj[:, 2, 2] = (far + near) / (near - far)
+    proj[:, 2, 3] = 2.0 * far * near / (near - far)
+    proj[:, 3, 2] = -1.0
+    return proj
+
+
+def clip_positions(v_pos: Tensor, cameras, near: float = NEAR, far: float = FAR) -> Tensor:
+    """World vertices v_pos [V,3] (or [B,V,3]) → clip positions [B,V,4] in each of the B cameras."""
+    if not 0.0 < near < far:
+        raise ValueError(f"near={near}, far={far}: need 0 < near < far")
+    c2w = cameras.c2w.to(v_pos.device, torch.float64)
+    mvp = projection_matrices(cameras.fovy.to(v_pos.device, torch.float64), cameras.width / cameras.height, near, far)
+    mvp = (mvp @ torch.linalg.inv(c2w)).to(v_pos.dtype)
+    homogeneous = F.pad(v_pos, (0, 1), value=1.0)
+    if homogeneous.dim() == 2:
+        return torch.einsum("bij,vj->bvi", mvp, homogeneous)
+    return torch.einsum("bij,bvj->bvi", mvp, homogeneous)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backend choice
+# --------------------------------------------------------------------------------------------------
+def _nvdiffrast():
+    """The ``nvdiffrast.torch`` module, or None when it is not installed (imported only on CUDA)."""
+    try:
+        import nvdiffrast.torch as dr
+    except ImportError:
+        return None
+    return dr
+
+
+def use_nvdiffrast(backend: str, device: torch.device) -> bool:
+    """Whether ``backend`` (auto | torch | nvdiffrast) runs nvdiffrast for tensors on ``device``."""
+    check_choice(backend, BACKENDS, "backend")
+    if backend == "torch" or (backend == "auto" and device.type != "cuda"):
+        return False
+    if device.type != "cuda":
+        raise ValueError("backend='nvdiffrast' needs CUDA tensors; use backend='torch' or 'auto' on the CPU")
+    if _nvdiffrast() is None:
+        if backend == "nvdiffrast":
+            raise ValueError("backend='nvdiffrast' but nvdiffrast is not installed: pip install diffrp-nvdiffrast "
+                             "(or pip install .[gpu]), or use backend='auto'")
+        if "missing" not in _CONTEXTS:
+            warnings.warn("nvdiffrast is not installed: the mesh rasterizer uses its torch path on CUDA "
+                          "(pip install diffrp-nvdiffrast for the fast one)", stacklevel=3)
+            _CONTEXTS["missing"] = True
+        return False
+    return True
+
+
+def cuda_context(device: torch.device):
+    """One ``RasterizeCudaContext`` per CUDA device (no OpenGL needed)."""
+    device = torch.device(device)
+    if device not in _CONTEXTS:
+        _CONTEXTS[device] = _nvdiffrast().RasterizeCudaContext(device=device)
+    return _CONTEXTS[device]
+
+
+# --------------------------------------------------------------------------------------------------
+# rasterize
+# --------------------------------------------------------------------------------------------------
+def _plane_functions(v: Tensor) -> Tensor:
+    """Clip triangles v [T,3,4] → [T,5,3]: the linear functions c0 + c1·p + c2·q of the NDC pixel
+    centre (p, q) giving λ_0, λ_1, λ_2 (unnormalised barycentrics), Σλ_i z_i and Σλ_i w_i."""
+    x, y, z, w = v.unbind(-1)  # [T,3] each
+    xj, yj, wj = x.roll(-1, 1), y.roll(-1, 1), w.roll(-1, 1)  # vertex i+1
+    xk, yk, wk = x.roll(-2, 1), y.roll(-2, 1), w.roll(-2, 1)  # vertex i+2
+    lam = torch.stack([xj * yk - xk * yj, wk * yj - wj * yk, xk * wj - xj * wk], -1)  # [T,3 vertices,3 coefs]
+    depth = (z[..., None] * lam).sum(1, keepdim=True)
+    homogeneous = (w[..., None] * lam).sum(1, keepdim=True)
+    return torch.cat([lam, depth, homogeneous], 1)
+
+
+def _evaluate(planes: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """planes [K,5,3] at NDC points p, q [K] → barycentrics [K,3], z/w [K], covered [K] (bool)."""
+    values = planes[..., 0] + planes[..., 1] * p[:, None] + planes[..., 2] * q[:, None]  # [K,5]
+    lam, depth, homogeneous = values[:, :3], values[:, 3], values[:, 4]
+    total = lam.sum(-1)
+    safe_total = torch.where(total != 0, total, torch.ones_like(total))
+    safe_w = torch.where(homogeneous != 0, homogeneous, torch.ones_like(homogeneous))
+    bary, z_over_w = lam / safe_total[:, None], depth / safe_w
+    covered = ((total != 0) & (bary >= 0).all(-1) & (homogeneous * total > 0)  # w = Σλw/Σλ > 0: in front
+               & (z_over_w >= -1) & (z_over_w <= 1))
+    return bary, z_over_w, covered
+
+
+def _pixel_boxes(v: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inclusive pixel ranges (x0, x1, y0, y1) [T] holding every pixel centre the clip triangles v
+    [T,3,4] may cover: the screen box of their part in front of the near plane (z ≥ −w); empty when none."""
+    d = v[..., 2] + v[..., 3]  # ≥ 0 on the visible side of the near plane
+    j = [1, 2, 0]
+    dj, vj = d[:, j], v[:, j]
+    crossing = (d >= 0) != (dj >= 0)
+    t = (d / torch.where(crossing, d - dj, torch.ones_like(d))).clamp(0, 1)
+    points = torch.cat([v, v + t[..., None] * (vj - v)], 1)  # vertices, then edge/near-plane crossings
+    valid = torch.cat([d >= 0, crossing], 1) & (points[..., 3] > 0)
+    ndc = points[..., :2] / torch.where(valid, points[..., 3], torch.ones_like(d.repeat(1, 2)))[..., None]
+    ndc = ndc.nan_to_num(0.0, 1e6, -1e6).clamp(-1e6, 1e6)
+    lo = torch.where(valid[..., None], ndc, torch.full_like(ndc, 1e7)).min(1).values
+    hi = torch.where(valid[..., None], ndc, torch.full_like(ndc, -1e7)).max(1).values
+    size = lo.new_tensor([width, height])
+    margin = 1e-3  # pixels: the box must not lose a centre the exact coverage test accepts
+    first = torch.ceil(((lo + 1) * size - 1) / 2 - margin).clamp(0, 1 << 30).long()
+    last = torch.floor(((hi + 1) * size - 1) / 2 + margin).clamp(-1, 1 << 30).long()
+    last = torch.minimum(last, (size.long() - 1))
+    return first[:, 0], last[:, 0], first[:, 1], last[:, 1]
+
+
+@torch.no_grad()
+def _visibility(tris: Tensor, height: int, width: int, chunk_pairs: int) -> tuple[Tensor, Tensor]:
+    """Nearest triangle per pixel. tris [B,F,3,4] → (covered pixels [K] as flat indices into B·H·W,
+    their triangle [K] as an index into B·F). (Triangle, pixel) pairs from the bounding boxes are
+    tested in chunks of about ``chunk_pairs`` so memory stays bounded."""
+    B, Fn = tris.shape[:2]
+    flat = tris.reshape(B * Fn, 3, 4)
+    planes = _plane_functions(flat)
+    x0, x1, y0, y1 = _pixel_boxes(flat, height, width)
+    nx, ny = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
+    counts = nx * ny
+    ends = torch.cumsum(counts, 0)
+    n_pix = B * height * width
+    best_z = torch.full((n_pix,), math.inf, dtype=tris.dtype, device=tris.device)
+    best_id = torch.full((n_pix,), B * Fn, dtype=torch.long, device=tris.device)
+    start, total = 0, int(ends[-1]) if len(ends) else 0
+    while start < total:  # pair range [start, stop) in the order of triangle indices
+        stop = min(start + chunk_pairs, total)
+        first_face = int(torch.searchsorted(ends, start, right=True))
+        last_face = int(torch.searchsorted(ends, stop - 1, right=True))
+        faces = torch.arange(first_face, last_face + 1, device=tris.device)
+        face = torch.repeat_interleave(faces, counts[first_face:last_face + 1])
+        base = int(ends[first_face - 1]) if first_face > 0 else 0
+        face = face[start - base: stop - base]
+        local = torch.arange(start, stop, device=tris.device) - (ends[face] - counts[face])
+        px, py = x0[face] + local % nx[face], y0[face] + torch.div(local, nx[face], rounding_mode="floor")
+        p = (2 * px + 1).to(tris.dtype) / width - 1
+        q = (2 * py + 1).to(tris.dtype) / height - 1
+        _, z, covered = _evaluate(planes[face], p, q)
+        face, z = face[covered], z[covered]
+        pixel = (torch.div(face, Fn, rounding_mode="floor") * height + py[covered]) * width + px[covered]
+        chunk_z = torch.full_like(best_z, math.inf).scatter_reduce(0, pixel, z, "amin")
+        nearest = z == chunk_z[pixel]
+        chunk_id = torch.full_like(best_id, B * Fn).scatter_reduce(0, pixel[nearest], face[nearest], "amin")
+        closer = chunk_z < best_z  # on equal depth the earlier chunk (lower triangle index) stays
+        best_z, best_id = torch.where(closer, chunk_z, best_z), torch.where(closer, chunk_id, best_id)
+        start = stop
+    pixel = torch.nonzero(best_id < B * Fn)[:, 0]
+    return pixel, best_id[pixel]
+
+
+def rasterize_torch(pos_clip: Tensor, tri: Tensor, height: int, width: int, chunk_pairs: int = 1 << 20) -> Tensor:
+    """The torch path of :func:`rasterize` (see the module docstring)."""
+    B, Fn = pos_clip.shape[0], tri.shape[0]
+    tris = pos_clip[:, tri.long()]  # [B,F,3,4]
+    pixel, face = _visibility(tris.detach(), height, width, chunk_pairs)
+    px, py = pixel % width, torch.div(pixel, width, rounding_mode="floor") % height
+    p = (2 * px + 1).to(pos_clip.dtype) / width - 1
+    q = (2 * py + 1).to(pos_clip.dtype) / height - 1
+    bary, z, _ = _evaluate(_plane_functions(tris.reshape(B * Fn, 3, 4)[face]), p, q)  # with autograd
+    values = torch.stack([bary[:, 0], bary[:, 1], z, (face % Fn + 1).to(pos_clip.dtype)], -1)
+    rast = pos_clip.new_zeros(B * height * width, 4).index_put((pixel,), values)
+    return rast.view(B, height, width, 4)
+
+
+def rasterize(pos_clip: Tensor, tri: Tensor, height: int, width: int, backend: str = "auto") -> Tensor:
+    """Triangles tri [F,3] (int) of clip positions pos_clip [B,V,4] → rast [B,H,W,4] = (u, v, z/w,
+    triangle index + 1), 0 where empty; differentiable in pos_clip through (u, v, z/w)."""
+    if pos_clip.dim() != 3 or pos_clip.shape[-1] != 4:
+        raise ValueError(f"pos_clip must be [B,V,4], got {list(pos_clip.shape)}")
+    if use_nvdiffrast(backend, pos_clip.device):
+        dr = _nvdiffrast()
+        rast, _ = dr.rasterize(cuda_context(pos_clip.device), pos_clip.float().contiguous(), tri.int().contiguous(),
+                               resolution=[height, width])
+        return rast
+    return rasterize_torch(pos_clip, tri, height, width)
+
+
+# --------------------------------------------------------------------------------------------------
+# interpolate
+# --------------------------------------------------------------------------------------------------
+def covered_pixels(rast: Tensor) -> tuple[Tensor, Tensor]:
+    """(flat pixel indices [K] into B·H·W, their triangle index [K]) of the covered pixels of rast."""
+    triangle = rast[..., 3].detach().reshape(-1).long() - 1
+    pixel = torch.nonzero(triangle >= 0)[:, 0]
+    return pixel, triangle[pixel]
+
+
+def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, backend: str = "auto") -> Tensor:
+    """Vertex attributes attr [V,C] (or [B,V,C]) at the pixel centres → [B,H,W,C] (0 where empty):
+    u·a_0 + v·a_1 + (1 − u − v)·a_2; gradients reach attr and, through (u, v), the clip positions."""
+    if use_nvdiffrast(backend, attr.device):
+        out, _ = _nvdiffrast().interpolate(attr.float().contiguous(), rast, tri.int().contiguous())
+        return out
+    B, H, W, _ = rast.shape
+    pixel, triangle = covered_pixels(rast)
+    corners = tri.long()[triangle]  # [K,3]
+    if attr.dim() == 2:
+        values = attr[corners]  # [K,3,C]
+    else:
+        batch = torch.div(pixel, H * W, rounding_mode="floor")
+        values = attr.expand(B, *attr.shape[1:])[batch[:, None], corners]
+    uv = rast.reshape(-1, 4)[pixel, :2].to(attr.dtype)
+    weights = torch.cat([uv, 1 - uv.sum(-1, keepdim=True)], -1)  # [K,3]
+    out = attr.new_zeros(B * H * W, attr.shape[-1]).index_put((pixel,), (weights[..., None] * values).sum(1))
+    return out.view(B, H, W, -1)
+
+
+# --------------------------------------------------------------------------------------------------
+# antialias
+# --------------------------------------------------------------------------------------------------
+def opposite_vertices(tri: Tensor) -> Tensor:
+    """For edge i of each triangle (the edge facing its vertex i), the vertex of the neighbouring
+    triangle across that edge that is not on it: tri [F,3] → [F,3] long, −1 on open edges."""
+    tri = tri.long()
+    a, b = tri.roll(-1, 1), tri.roll(-2, 1)
+    key = (torch.minimum(a, b) * (int(tri.max()) + 1 if len(tri) else 1) + torch.maximum(a, b)).reshape(-1)
+    order = torch.argsort(key)
+    sorted_key = key[order]
+    n = len(key)
+    same = sorted_key[1:] == sorted_key[:-1]
+    index = torch.arange(n, device=tri.device)
+    following = torch.where(F.pad(same, (0, 1)), index + 1, -1)
+    preceding = torch.where(F.pad(same, (1, 0)), index - 1, -1)
+    partner_sorted = torch.where(following >= 0, following, preceding)  # pairs edges that share a key
+    partner = torch.full_like(index, -1)
+    partner[order] = torch.where(partner_sorted >= 0, order[partner_sorted.clamp_min(0)], -1)
+    opposite = tri.reshape(-1)[partner.clamp_min(0)]  # half-edge (f, i) ↔ vertex (f', i') of its partner
+    return torch.where(partner >= 0, opposite, -1).view(-1, 3)
+
+
+def _discontinuities(rast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Adjacent pixel pairs with different triangle ids: (pixel0 [K], pixel1 [K] flat indices into
+    B·H·W, down [K] bool: pixel1 lies below pixel0 rather than to its right)."""
+    B, H, W, _ = rast.shape
+    tid = rast[..., 3].detach()
+    index = torch.arange(B * H * W, device=rast.device).view(B, H, W)
+    right = torch.nonzero((tid[:, :, 1:] != tid[:, :, :-1]).reshape(-1))[:, 0]
+    right = index[:, :, :-1].reshape(-1)[right]
+    down = torch.nonzero((tid[:, 1:] != tid[:, :-1]).reshape(-1))[:, 0]
+    down = index[:, :-1].reshape(-1)[down]
+    pixel0 = torch.cat([right, down])
+    is_down = torch.cat([torch.zeros_like(right, dtype=torch.bool), torch.ones_like(down, dtype=torch.bool)])
+    return pixel0, pixel0 + torch.where(is_down, W, 1), is_down
+
+
+def _silhouette_crossings(own: Tensor, other: Tensor, from_first: Tensor, down: Tensor) -> tuple[Tensor, Tensor]:
+    """Where a silhouette edge of a triangle crosses the segment between two pixel centres.
+
+    own [K,3,2], other [K,3,2]: the triangle's vertices and the opposite vertices across its edges
+    (the vertex itself on open edges), in pixels relative to the centre of the pixel the triangle
+    covers; the other pixel lies one step along +x (or +y when ``down``) if ``from_first``, else along
+    −x (−y). → (distance [K] from the covering pixel's centre to the crossing, in [0, 1]; found [K]).
+    An edge is a silhouette when the neighbour's far vertex lies on the triangle's own side of it.
+    """
+    x, y = own.unbind(-1)
+    ox, oy = other.unbind(-1)
+    xj, yj, xk, yk = x.roll(-1, 1), y.roll(-1, 1), x.roll(-2, 1), y.roll(-2, 1)
+    own_side = (xj - x) * (yk - y) - (xk - x) * (yj - y)  # the triangle's signed area, per edge
+    far_side = (xj - ox) * (yk - oy) - (xk - ox) * (yj - oy)
+    silhouette = own_side * far_side > 0
+    swap = down[:, None]  # vertical pairs: exchange x and y so the segment always runs along x
+    x, y, xj, yj, xk, yk = (torch.where(swap, b, a) for a, b in ((x, y), (y, x), (xj, yj), (yj, xj), (xk, yk), (yk, xk)))
+    dx, dy = xk - xj, yk - yj
+    crosses = (yj < 0) != (yk < 0)
+    sign = torch.where(from_first, 1.0, -1.0).to(own.dtype)[:, None]
+    at = sign * (xj - yj * dx / torch.where(crosses, dy, torch.ones_like(dy)))  # the crossing, toward the other pixel
+    at = torch.where(crosses, at, torch.full_like(at, -math.inf))
+    edge = at.detach().argmax(1, keepdim=True)  # the crossing nearest the other pixel
+    pick = lambda t: t.gather(1, edge)[:, 0]  # noqa: E731
+    distance = pick(at)
+    steep = pick(dy).abs() >= pick(dx).abs()  # the perpendicular pass handles flatter edges
+    eps = 1.0 / 16.0  # nvdiffrast's tolerance for crossings just outside the segment
+    found = pick(silhouette) & steep & (distance > -eps) & (distance < 1 + eps)
+    return distance.clamp(0, 1), found
+
+
+def antialias_torch(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, opposite: Optional[Tensor] = None) -> Tensor:
+    """The torch path of :func:`antialias` (nvdiffrast's analytic antialiasing)."""
+    B, H, W, C = color.shape
+    V = pos_clip.shape[1]
+    tri = tri.long()
+    opposite = opposite_vertices(tri) if opposite is None else opposite
+    pixel0, pixel1, down = _discontinuities(rast)
+    flat = rast.detach().reshape(-1, 4)
+    t0, t1 = flat[pixel0, 3].long() - 1, flat[pixel1, 3].long() - 1
+    from_first = (t0 >= 0) & ((t1 < 0) | (flat[pixel0, 2] < flat[pixel1, 2]))  # the nearer triangle's edge
+    triangle = torch.where(from_first, t0, t1)
+    covering = torch.where(from_first, pixel0, pixel1)
+    batch = torch.div(covering, H * W, rounding_mode="floor")
+    corners = tri[triangle]
+    far = torch.where(opposite[triangle] >= 0, opposite[triangle], corners)
+    vertices = pos_clip.reshape(-1, 4)[batch[:, None] * V + torch.cat([corners, far], 1)]  # [K,6,4]
+    in_front = (vertices[..., 3] > 0).all(1)  # pixel-space projection needs w > 0: others are not blended
+    w = torch.where(in_front[:, None], vertices[..., 3], torch.ones_like(vertices[..., 3]))
+    size = pos_clip.new_tensor([W, H])
+    centre = torch.stack([covering % W, torch.div(covering, W, rounding_mode="floor") % H], -1).to(pos_clip.dtype) + 0.5
+    screen = (vertices[..., :2] / w[..., None] + 1) * 0.5 * size - centre[:, None]  # pixels, relative
+    distance, found = _silhouette_crossings(screen[:, :3], screen[:, 3:], from_first, down)
+    keep = found & in_front
+    # the pixel on the far side of the segment's midpoint from the edge takes colour from the other
+    alpha = (torch.where(from_first, 1.0, -1.0).to(color.dtype) * (0.5 - distance.to(color.dtype)))[keep]
+    p0, p1 = pixel0[keep], pixel1[keep]
+    colors = color.reshape(-1, C)
+    target = torch.where(alpha > 0, p0, p1)
+    update = alpha[:, None] * (colors[p1] - colors[p0])
+    return (colors + torch.zeros_like(colors).index_add(0, target, update)).view(B, H, W, C)
+
+
+def antialias(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, backend: str = "auto",
+              opposite: Optional[Tensor] = None) -> Tensor:
+    """color [B,H,W,C] blended across silhouette edges → [B,H,W,C], nvdiffrast's analytic antialiasing.
+
+    At each pair of adjacent pixels whose triangle ids differ, the nearer triangle's silhouette edge
+    that crosses the segment between the two pixel centres, at distance d ∈ [0, 1] from the centre of
+    the pixel that triangle covers, moves a fraction |½ − d| of the colour difference into the pixel on
+    the far side of the midpoint from the edge. The result is linear in the edge position, which is
+    where visibility gets its gradient (to pos_clip); colours get theirs as well. ``opposite`` (from
+    :func:`opposite_vertices`) saves recomputing the mesh topology.
+    """
+    if use_nvdiffrast(backend, color.device):
+        return _nvdiffrast().antialias(color.float().contiguous(), rast, pos_clip.float().contiguous(), tri.int().contiguous())
+    return antialias_torch(color, rast, pos_clip, tri, opposite)
