@@ -3,6 +3,13 @@
 Every module declares a ``Config`` dataclass. A YAML section fills it; an unknown key, a value of the
 wrong type or an unknown ``*_type`` name raises :class:`ConfigError` with one line naming the
 offending key and what would be accepted, before any work starts.
+
+A part's options belong to its type, so that files and overrides compose:
+- a layer (a file over the files it extends, an override over what came before) that switches
+  ``X_type`` to another type starts ``X`` afresh: the options written below it were for the old type;
+- inside ``X``, a block keyed by a registered name of X's family (``renderer: {nerf-volume-renderer:
+  {num_samples_per_ray: 512}}``) applies only when that type is chosen, so a profile can hold options
+  for a type that a run may or may not use.
 """
 from __future__ import annotations
 
@@ -53,8 +60,31 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
     parents = [parents] if isinstance(parents, str) else list(parents)
     merged = OmegaConf.create()
     for parent in parents:
-        merged = OmegaConf.merge(merged, load_yaml(path.parent / parent))
-    return OmegaConf.merge(merged, node)
+        merged = merge_layer(merged, load_yaml(path.parent / parent))
+    return merge_layer(merged, node)
+
+
+def merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
+    """``upper`` merged over ``lower``, except that where ``upper`` switches a part's ``X_type``,
+    ``lower``'s options of ``X`` (those of the old type) are dropped first; type-keyed blocks stay."""
+    lower = lower.copy()
+    drop_switched_options(lower, upper)
+    return OmegaConf.merge(lower, upper)
+
+
+def drop_switched_options(lower: DictConfig, upper: DictConfig) -> None:
+    """In place: remove ``lower.X``'s plain options wherever ``upper`` sets ``X_type`` to another type."""
+    for key in upper:
+        if not isinstance(key, str) or key not in lower:
+            continue
+        part = key[: -len("_type")]
+        if key.endswith("_type") and part in registry.FAMILIES and lower[key] != upper[key]:
+            options = lower.get(part)
+            if isinstance(options, DictConfig):
+                known = set(registry.names(part))
+                lower[part] = {name: block for name, block in options.items() if name in known}
+        elif isinstance(upper[key], DictConfig) and isinstance(lower[key], DictConfig):
+            drop_switched_options(lower[key], upper[key])
 
 
 def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> DictConfig:
@@ -68,7 +98,7 @@ def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> DictConfig:
             raise ConfigError(f"override {item!r} is not of the form key=value, e.g. trainer.max_steps=100")
     try:
         for item in overrides:
-            node = OmegaConf.merge(node, OmegaConf.from_dotlist([item]))
+            node = merge_layer(node, OmegaConf.from_dotlist([item]))
         return node
     except OmegaConfBaseException as error:
         raise ConfigError(f"bad override: {str(error).splitlines()[0]}") from None
@@ -121,9 +151,23 @@ def resolve_typed(cfg: Any, where: str) -> Any:
             cls = registry.lookup(part, getattr(cfg, f.name))
         except registry.UnknownNameError as error:
             raise ConfigError(f"config error at {join_key(where, f.name)}: {error}") from None
-        typed = parse_structured(cls.Config, getattr(cfg, part), join_key(where, part))
+        options = options_for_type(part, getattr(cfg, f.name), getattr(cfg, part))
+        typed = parse_structured(cls.Config, options, join_key(where, part))
         setattr(cfg, part, resolve_typed(typed, join_key(where, part)))
     return cfg
+
+
+def options_for_type(family: str, name: str, options: Any) -> Any:
+    """A part's options for type ``name``: the plain ones, with the block keyed ``name`` merged over
+    them; blocks keyed by the family's other registered names are dropped."""
+    if not isinstance(options, (dict, DictConfig)):
+        return options
+    known = set(registry.names(family))
+    plain = {key: value for key, value in options.items() if key not in known}
+    chosen = options.get(name)
+    if chosen is None:
+        return plain
+    return OmegaConf.to_container(OmegaConf.merge(plain, chosen))
 
 
 @dataclass

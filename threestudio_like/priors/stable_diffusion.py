@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import gc
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -95,10 +96,13 @@ def load_part(cls, cfg: StableDiffusionConfig, subfolder: str, **kwargs):
     if _looks_local(name) and not os.path.isdir(os.path.expanduser(name)):
         raise _missing(name, "the model folder", "no such folder")
     try:
-        return cls.from_pretrained(
-            os.path.expanduser(name) if _looks_local(name) else name, subfolder=subfolder,
-            revision=cfg.revision, local_files_only=cfg.local_files_only, **kwargs,
-        )
+        with warnings.catch_warnings():
+            # diffusers still passes an argument huggingface_hub deprecated: not the user's concern
+            warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks.*")
+            return cls.from_pretrained(
+                os.path.expanduser(name) if _looks_local(name) else name, subfolder=subfolder,
+                revision=cfg.revision, local_files_only=cfg.local_files_only, **kwargs,
+            )
     except _load_errors() as error:
         raise _missing(name, subfolder, str(error) or type(error).__name__) from None
 
