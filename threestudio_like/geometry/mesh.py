@@ -73,12 +73,14 @@ class Mesh:
         """[F·3,2] the three edges of every face (face-major), each with its smaller index first."""
         tri = self.t_pos_idx
         pairs = torch.stack([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], dim=1).reshape(-1, 2)
-        return torch.sort(pairs, dim=-1).values
+        return torch.stack([pairs.min(-1).values, pairs.max(-1).values], dim=-1)
 
     def edges(self) -> Tensor:
         """[E,2] long: the unique undirected edges, smaller index first, sorted."""
         if "edges" not in self._topology:
-            self._topology["edges"] = torch.unique(self._face_edges(), dim=0)
+            n = max(self.n_vertices, 1)
+            keys = torch.unique(_edge_keys(self._face_edges(), n))  # far faster than unique(dim=0)
+            self._topology["edges"] = torch.stack([keys // n, keys % n], dim=-1)
         return self._topology["edges"]
 
     def adjacent_faces(self) -> Tensor:
@@ -140,3 +142,35 @@ def normal_consistency(mesh: Mesh) -> Tensor:
     normals = mesh.face_normals()
     cos = (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)
     return (1.0 - cos).mean()
+
+
+def face_components(mesh: Mesh) -> Tensor:
+    """[F] long: the connected component of each face (faces connect through shared vertices)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if mesh.n_faces == 0:
+        return torch.zeros(0, dtype=torch.long, device=mesh.t_pos_idx.device)
+    edges = mesh.edges().cpu().numpy()
+    n = mesh.n_vertices
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    return torch.as_tensor(labels, device=mesh.t_pos_idx.device)[mesh.t_pos_idx[:, 0]].long()
+
+
+def keep_faces(mesh: Mesh, keep: Tensor) -> Mesh:
+    """The faces where keep [F] (bool) is set, with unreferenced vertices dropped (autograd kept)."""
+    faces = mesh.t_pos_idx[keep]
+    used, remapped = torch.unique(faces, return_inverse=True)
+    return Mesh(mesh.v_pos[used], remapped.view(-1, 3))
+
+
+def remove_small_components(mesh: Mesh, min_faces: float) -> Mesh:
+    """Drop the components with fewer than ``min_faces`` faces (below 1: that fraction of all faces)."""
+    if mesh.n_faces == 0:
+        return mesh
+    threshold = min_faces * mesh.n_faces if min_faces < 1 else min_faces
+    labels = face_components(mesh)
+    sizes = torch.bincount(labels)
+    keep = (sizes[labels] >= threshold) | (labels == sizes.argmax())  # never drop the largest
+    return mesh if bool(keep.all()) else keep_faces(mesh, keep)

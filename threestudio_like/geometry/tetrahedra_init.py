@@ -1,0 +1,168 @@
+"""Initialising a DMTet grid from a stage-1 geometry (``TetrahedraSDFGrid.create_from``).
+
+Surface: ``other.density()`` is sampled on the lattice and the level is the export's ("auto": the
+geometry's ``isosurface_threshold()``, or half the peak when the field never reaches it), so marching
+tetrahedra reproduce the surface the coarse export's marching cubes would give. The density minus
+the level is divided by its own gradient magnitude (central differences on the lattice) to give a
+signed distance in cells — a first-order distance estimate with the same zero set and signs; it keeps
+the crossings where the field is steep (threestudio clamps the raw level to ±1 instead, which pulls
+every crossing toward the edge midpoint on a steep field). With ``fit_grid_to_surface`` the lattice
+first shrinks to the coarse surface's bounding cube plus a margin.
+
+Colour: copied when ``other`` carries the same kind of colour field (the NeRF's hash grid + MLP with
+the same encoding config, network shape and radius; the NeRF's density output row is dropped);
+otherwise (the Gaussians, or a NeRF of another shape) the field is FITTED to ``other.color()`` at
+points on and near the new surface by a short Adam regression (``color_fit_steps``).
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from threestudio_like.export.isosurface import resolve_threshold
+from threestudio_like.geometry.base import Geometry
+
+if TYPE_CHECKING:
+    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+
+log = logging.getLogger(__name__)
+
+
+def query(fn: Callable[[Tensor], Tensor], points: Tensor, chunk: int = 131072) -> Tensor:
+    """fn over points [N,3] in chunks without autograd → concatenated results [N,...]."""
+    with torch.no_grad():
+        return torch.cat([fn(points[i : i + chunk]) for i in range(0, len(points), chunk)])
+
+
+def lattice_density(grid: "TetrahedraSDFGrid", other: Geometry) -> Tensor:
+    """other's density at every lattice vertex → [(R+1)³] on the grid's device."""
+    points = grid.lattice_points(torch.arange(grid.sdf.shape[0], device=grid.sdf.device))
+    device = _device_of(other, points.device)
+    return query(lambda p: other.density(p.to(device)).reshape(-1).float(), points).to(points.device)
+
+
+def _device_of(module: nn.Module, default: torch.device) -> torch.device:
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        return tensor.device
+    return default
+
+
+def fit_lattice_box(grid: "TetrahedraSDFGrid", inside: Tensor) -> None:
+    """Shrink the lattice to the bounding cube of the inside vertices [(R+1)³] (+1 cell, + margin)."""
+    points = grid.lattice_points(inside.nonzero()[:, 0])
+    lo, hi = points.min(0).values - grid.cell, points.max(0).values + grid.cell
+    half = float((hi - lo).max()) * (0.5 + grid.cfg.grid_margin)
+    grid.set_lattice_box((lo + hi) / 2, min(half, float(grid.grid_half)))
+
+
+def distance_in_cells(level: Tensor, resolution: int, cell: float, limit: float) -> Tensor:
+    """level [(R+1)³] (positive inside) → level / (|∇level|·cell) [(R+1)³], ±limit where flat."""
+    n = resolution + 1
+    grads = torch.gradient(level.view(n, n, n), spacing=cell)
+    per_cell = torch.stack(grads, dim=-1).norm(dim=-1).reshape(-1) * cell
+    flat = per_cell < 1e-8
+    estimate = level / per_cell.clamp_min(1e-8)
+    return torch.where(flat, torch.sign(level) * limit, estimate)
+
+
+def surface_samples(grid: "TetrahedraSDFGrid", count: int, generator: torch.Generator) -> Tensor:
+    """count points [count,3]: area-weighted on the grid's surface, jittered by half a cell."""
+    with torch.no_grad():
+        mesh = grid.extract()
+        tri = mesh.v_pos[mesh.t_pos_idx]  # [F,3,3]
+        area = mesh.face_areas_normals().norm(dim=-1)
+        faces = torch.multinomial(area.cpu() + 1e-12, count, replacement=True, generator=generator)
+        uv = torch.rand(count, 2, generator=generator)
+        flip = uv.sum(-1) > 1
+        uv[flip] = 1 - uv[flip]
+        bary = torch.cat([1 - uv.sum(-1, keepdim=True), uv], dim=-1).to(tri.device)
+        points = (tri[faces.to(tri.device)] * bary[..., None]).sum(1)
+        jitter = torch.randn(count, 3, generator=generator).to(points.device) * (0.5 * grid.cell)
+        return points + jitter
+
+
+def fit_color(grid: "TetrahedraSDFGrid", other: Geometry, seed: int = 0) -> float:
+    """Regress the grid's colour field onto other.color() near the surface; returns the final MSE."""
+    cfg = grid.cfg
+    generator = torch.Generator().manual_seed(seed)
+    points = surface_samples(grid, cfg.color_fit_points, generator)
+    device = _device_of(other, points.device)
+    target = query(lambda p: other.color(p.to(device)).float(), points).to(points.device)
+    params = list(grid.encoding.parameters()) + list(grid.network.parameters())
+    optimizer = torch.optim.Adam(params, lr=max(cfg.lr_encoding, cfg.lr_network), betas=(0.9, 0.99), eps=1e-15)
+    loss = torch.tensor(float("nan"))
+    for _ in range(cfg.color_fit_steps):
+        loss = (grid.color(points) - target).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = float((grid.color(points) - target).square().mean())
+    log.info("fitted the colour field to %s.color() at %d points: MSE %.4g", type(other).__name__, len(points), final)
+    return final
+
+
+def albedo_rows(source: nn.Module) -> Optional[slice]:
+    """Which output rows of ``source.network`` are albedo logits, or None for a foreign geometry."""
+    from threestudio_like.geometry.nerf import ImplicitVolume
+    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+
+    if isinstance(source, ImplicitVolume):
+        return slice(1, 4)  # the NeRF's network: raw density, then 3 albedo logits
+    if isinstance(source, TetrahedraSDFGrid):
+        return slice(0, 3)
+    return None
+
+
+def copy_color_field(grid: "TetrahedraSDFGrid", source: nn.Module) -> bool:
+    """Copy source's hash grid + MLP into grid when they have the same shape; True when copied."""
+    rows = albedo_rows(source)
+    if rows is None or float(getattr(source, "radius", -1)) != grid.radius or source.encoding.cfg != grid.encoding.cfg:
+        return False
+    mine = [m for m in grid.network if isinstance(m, nn.Linear)]
+    theirs = [m for m in source.network if isinstance(m, nn.Linear)]
+    if len(mine) != len(theirs):
+        return False
+    weights = [t.weight for t in theirs[:-1]] + [theirs[-1].weight[rows]]
+    if any(w.shape != m.weight.shape for w, m in zip(weights, mine)):
+        return False
+    with torch.no_grad():
+        grid.encoding.load_state_dict(source.encoding.state_dict())
+        for m, w in zip(mine, weights):
+            m.weight.copy_(w)
+    grid.inherited_levels.fill_(int(source.encoding.active_levels))
+    return True
+
+
+def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool = True) -> None:
+    """Set grid's sdf (and box, and colour when copy_net) from a stage-1 geometry (module docstring)."""
+    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+
+    if isinstance(other, TetrahedraSDFGrid) and other.resolution == grid.resolution:
+        with torch.no_grad():  # a grid of the same lattice: take it as it is, deformation included
+            grid.set_lattice_box(other.grid_center, float(other.grid_half))
+            grid.sdf.copy_(other.sdf)
+            if grid.deformation is not None and other.deformation is not None:
+                grid.deformation.copy_(other.deformation)
+    else:
+        density = lattice_density(grid, other)
+        level = resolve_threshold(density.cpu().numpy(), "auto", other)
+        inside = density > level
+        if not bool(inside.any()):
+            raise ValueError(
+                f"the stage-1 geometry has no surface to convert: its density never exceeds {level:.4g} "
+                f"(max {float(density.max()):.4g}) on the grid over [-{grid.radius:g}, {grid.radius:g}]^3"
+            )
+        if grid.cfg.fit_grid_to_surface:
+            fit_lattice_box(grid, inside)
+            density = lattice_density(grid, other)
+        cells = distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp)
+        grid.set_sdf_cells(cells)
+        log.info("tetrahedral grid %d^3 from %s at density %.4g: box centre %s, half side %.3g", grid.resolution,
+                 type(other).__name__, level, np.round(grid.grid_center.cpu().numpy(), 3).tolist(), float(grid.grid_half))
+    if copy_net and not copy_color_field(grid, other):
+        fit_color(grid, other)
