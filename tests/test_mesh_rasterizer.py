@@ -106,6 +106,22 @@ def test_coverage_depth_and_attributes_match_ray_casting_at_pixel_centres():
     assert torch.allclose(batched, ours * torch.tensor([1.0, 2.0, 3.0])[:, None, None, None], atol=1e-5)
 
 
+def test_surfaces_2e4_apart_are_ordered_by_depth():
+    # concentric spheres of small triangles, radii 1e-4 apart, 1.5 from the camera: in float32, z/w
+    # (its steps crowd near 1 with a near plane at 0.01) would let the inner one show through
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    inner = torch.tensor(sphere.vertices, dtype=torch.float32)
+    faces = torch.tensor(sphere.faces)
+    cams = make_cameras(torch.tensor([10.0, 50.0]), torch.tensor([0.0, 70.0]), torch.full((2,), 2.0), torch.full((2,), 40.0), 64, 64)
+    for outer_first in (True, False):
+        outer = inner * (1 + 2e-4)
+        vertices = torch.cat([outer, inner] if outer_first else [inner, outer])
+        rast = rasterize(clip_positions(vertices, cams), torch.cat([faces, faces + len(inner)]), 64, 64, backend="torch")
+        ids = rast[..., 3][rast[..., 3] > 0].long() - 1
+        assert len(ids) > 1000
+        assert ((ids < len(faces)) == outer_first).all()
+
+
 def test_triangles_behind_or_through_the_camera_are_clipped_not_crashing():
     vertices, faces = triangle_soup()
     cams = cameras(B=1)

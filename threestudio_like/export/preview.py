@@ -1,8 +1,9 @@
-"""Render an exported mesh from ``Cameras`` with a small torch rasterizer, to compare with the run.
+"""Render an exported mesh from ``Cameras`` with the project's rasterizer, to compare with the run.
 
-No OpenGL: vertices are projected with the cameras' OpenCV view matrices and intrinsics, triangles
-are rasterized at pixel centres, a z-buffer keeps the nearest, and colours come from the texture
-(bilinear, perspective-correct UVs) or from the vertex colours.
+No OpenGL: the mesh goes through the mesh renderer's ``clip_positions`` → ``rasterize`` →
+``interpolate`` (visibility at pixel centres, the nearest surface wins, perspective-correct
+attributes), and colours come from the texture (bilinear lookup of the interpolated UVs) or from the
+vertex colours.
 """
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ import trimesh
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
-from threestudio_like.export.texture import rasterize_triangles, texture_image
-
-NEAR = 1e-3  # faces with a vertex closer than this to the camera plane are skipped
+from threestudio_like.export.texture import texture_image
+from threestudio_like.renderers.rasterize import clip_positions, interpolate, rasterize
 
 
 def load_export(path: str | Path, file: str = "model.glb") -> trimesh.Trimesh:
@@ -66,33 +66,11 @@ def render_mesh(mesh: trimesh.Trimesh, cameras: Cameras, background: Sequence[fl
     faces = torch.as_tensor(np.asarray(mesh.faces), dtype=torch.long)
     attr, texture = _vertex_attributes(mesh)
     B, H, W = len(cameras), cameras.height, cameras.width
-    rgb = torch.tensor(background, dtype=torch.float32).expand(B, H * W, 3).clone()
-    mask = torch.zeros(B, H * W, 1)
-    depth = torch.zeros(B, H * W, 1)
-    viewmats, intrinsics = cameras.viewmats_opencv(), cameras.intrinsics()
-    for b in range(B):
-        cam = vertices @ viewmats[b, :3, :3].T + viewmats[b, :3, 3]
-        z = cam[:, 2]
-        xy = (cam[:, :2] / z.clamp(min=NEAR)[:, None]) @ intrinsics[b, :2, :2].T + intrinsics[b, :2, 2]
-        visible = (z[faces] > NEAR).all(dim=1)
-        face_ids = torch.nonzero(visible).squeeze(1)
-        found = [(face_ids[f], pix, bary) for f, pix, bary in rasterize_triangles(xy[faces[face_ids]], W, H)]
-        if not found:
-            continue
-        face, pix, bary = (torch.cat(parts) for parts in zip(*found))
-        # perspective-correct weights: screen-space barycentrics divided by depth, renormalised
-        weights = bary / z[faces[face]]
-        inv_depth = weights.sum(dim=1)
-        frag_depth = 1.0 / inv_depth
-        nearest = torch.full((H * W,), float("inf")).scatter_reduce(0, pix, frag_depth, reduce="amin")
-        winner = torch.nonzero(frag_depth <= nearest[pix]).squeeze(1)
-        chosen = torch.full((H * W,), -1, dtype=torch.long)
-        chosen[pix[winner]] = winner  # one fragment per pixel (ties: any)
-        covered = torch.nonzero(chosen >= 0).squeeze(1)
-        k = chosen[covered]
-        w = weights[k] / inv_depth[k, None]
-        values = (w[:, :, None] * attr[faces[face[k]]]).sum(dim=1)
-        rgb[b, covered] = _shade(values, texture).clamp(0, 1)
-        mask[b, covered] = 1.0
-        depth[b, covered, 0] = frag_depth[k]
-    return {"rgb": rgb.view(B, H, W, 3), "mask": mask.view(B, H, W, 1), "depth": depth.view(B, H, W, 1)}
+    pos_clip = clip_positions(vertices, cameras)
+    rast = rasterize(pos_clip, faces, H, W, backend="torch")
+    # w of the clip position is the camera-space depth, and linear in space: it interpolates exactly
+    values = interpolate(torch.cat([attr.expand(B, -1, -1), pos_clip[..., 3:]], -1), rast, faces, backend="torch")
+    covered = rast[..., 3] > 0
+    rgb = torch.tensor(background, dtype=torch.float32).expand(B, H, W, 3).clone()
+    rgb[covered] = _shade(values[covered][:, :-1], texture).clamp(0, 1)
+    return {"rgb": rgb, "mask": covered[..., None].float(), "depth": values[..., -1:]}

@@ -1,9 +1,10 @@
 """Colouring a mesh from the geometry's albedo field: UV atlas + texture baking, or vertex colours.
 
-Baking runs in plain torch on any device: every UV triangle is rasterized into the texture image
-(barycentric coordinates per texel centre), each covered texel is mapped back to its 3D point on the
-mesh, the field's ``color`` is queried there, and the gaps between charts are filled by dilation so
-that bilinear filtering and mip-mapping at chart borders do not pull in background.
+Baking runs in plain torch: the UV atlas is rasterized into the texture image with the mesh
+renderer's ``rasterize`` (barycentric coordinates per texel centre), ``interpolate`` maps each covered
+texel back to its 3D point on the mesh, the field's ``color`` is queried there, and the gaps between
+charts are filled by dilation so that bilinear filtering and mip-mapping at chart borders do not
+pull in background.
 
 Image convention (as trimesh, OBJ and OpenGL): u runs left → right, v runs bottom → top, so texel
 row r (from the top) holds v = 1 − (r + ½)/T.
@@ -11,7 +12,6 @@ row r (from the top) holds v = 1 − (r + ½)/T.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from threestudio_like.export.isosurface import geometry_device
+from threestudio_like.renderers.rasterize import interpolate, rasterize
 
 log = logging.getLogger(__name__)
 
@@ -68,45 +69,10 @@ def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, paddin
     return vmapping.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float32)
 
 
-def rasterize_triangles(xy: Tensor, width: int, height: int, chunk_pairs: int = 1 << 22) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    """Pixels whose centres lie inside 2D triangles.
-
-    xy: [F,3,2] vertex positions in pixel units (x right, y down; pixel (i, j) has its centre at
-    (i + ½, j + ½)). Yields chunks of (face [K] long, pixel [K] flat index j·width + i, bary [K,3]),
-    testing the pixels of each triangle's bounding box; a chunk tests about ``chunk_pairs`` pairs.
-    """
-    lo, hi = xy.min(dim=1).values, xy.max(dim=1).values
-    x0 = torch.ceil(lo[:, 0] - 0.5).clamp(min=0).long()
-    y0 = torch.ceil(lo[:, 1] - 0.5).clamp(min=0).long()
-    x1 = torch.floor(hi[:, 0] - 0.5).clamp(max=width - 1).long()
-    y1 = torch.floor(hi[:, 1] - 0.5).clamp(max=height - 1).long()
-    nx, ny = (x1 - x0 + 1).clamp(min=0), (y1 - y0 + 1).clamp(min=0)
-    counts = nx * ny
-    ends = torch.cumsum(counts, 0)
-    start = 0
-    while start < len(xy):
-        base = int(ends[start - 1]) if start > 0 else 0
-        stop = max(int(torch.searchsorted(ends, base + chunk_pairs, right=True)), start + 1)
-        faces = torch.arange(start, stop, device=xy.device)
-        face = torch.repeat_interleave(faces, counts[start:stop])
-        if len(face):
-            local = torch.arange(len(face), device=xy.device) + base - (ends[face] - counts[face])
-            px = x0[face] + local % nx[face]
-            py = y0[face] + local // nx[face]
-            bary = _barycentric(xy[face], torch.stack([px, py], dim=-1).float() + 0.5)
-            inside = (bary >= -1e-6).all(dim=-1)
-            yield face[inside], (py * width + px)[inside], bary[inside]
-        start = stop
-
-
-def _barycentric(tri: Tensor, p: Tensor) -> Tensor:
-    """Barycentric coordinates [K,3] of points p [K,2] in triangles tri [K,3,2]; −1 for degenerate ones."""
-    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
-    cross = lambda u, v: u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]  # noqa: E731
-    area = cross(b - a, c - a)
-    safe = torch.where(area.abs() > 1e-12, area, torch.ones_like(area))
-    w = torch.stack([cross(b - p, c - p), cross(c - p, a - p), cross(a - p, b - p)], dim=-1) / safe[:, None]
-    return torch.where((area.abs() > 1e-12)[:, None], w, torch.full_like(w, -1.0))
+def uv_clip_positions(uv: Tensor) -> Tensor:
+    """UVs [V,2] → clip positions [1,V,4] whose rasterization at T×T pixels is the texture image:
+    texel column c holds u = (c + ½)/T, row r (from the top) holds v = 1 − (r + ½)/T."""
+    return torch.stack([2 * uv[:, 0] - 1, 1 - 2 * uv[:, 1], torch.zeros_like(uv[:, 0]), torch.ones_like(uv[:, 0])], -1)[None]
 
 
 def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
@@ -144,15 +110,11 @@ def bake_texture(
     vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding)
     vertices = np.asarray(mesh.vertices)[vmapping]
     size = int(texture_size)
-    pixel = np.stack([uv[:, 0] * size, (1.0 - uv[:, 1]) * size], axis=-1)  # uv → image (x right, y down)
-    tri_xy = torch.as_tensor(pixel[faces], dtype=torch.float32)
-    tri_xyz = torch.as_tensor(vertices[faces], dtype=torch.float32)
-    texels, points = [], []
-    for face, texel, bary in rasterize_triangles(tri_xy, size, size):
-        texels.append(texel)
-        points.append((bary[:, :, None] * tri_xyz[face]).sum(dim=1))
-    texel = torch.cat(texels)
-    colors = query_color(geometry, torch.cat(points).numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
+    tri = torch.as_tensor(faces)
+    rast = rasterize(uv_clip_positions(torch.as_tensor(uv)), tri, size, size, backend="torch")
+    points = interpolate(torch.as_tensor(vertices, dtype=torch.float32), rast, tri, backend="torch").view(-1, 3)
+    texel = torch.nonzero(rast[0, ..., 3].reshape(-1) > 0)[:, 0]  # the 3D point of each covered texel centre
+    colors = query_color(geometry, points[texel].numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
     image = torch.zeros(size * size, 3)
     covered = torch.zeros(size * size, dtype=torch.bool)
     image[texel] = torch.as_tensor(colors)

@@ -118,22 +118,24 @@ def _plane_functions(v: Tensor) -> Tensor:
     return torch.cat([lam, depth, homogeneous], 1)
 
 
-def _evaluate(planes: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """planes [K,5,3] at NDC points p, q [K] → barycentrics [K,3], z/w [K], covered [K] (bool)."""
+def _evaluate(planes: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """planes [K,5,3] at NDC points p, q [K] → barycentrics [K,3], z/w [K], w [K], covered [K] (bool).
+
+    Visibility compares w (the camera-space depth): z/w orders the same but, with a near plane close to
+    the camera, crowds distances into a few float32 steps near 1 (surfaces 1e-4 apart would swap)."""
     values = planes[..., 0] + planes[..., 1] * p[:, None] + planes[..., 2] * q[:, None]  # [K,5]
     lam, depth, homogeneous = values[:, :3], values[:, 3], values[:, 4]
     total = lam.sum(-1)
     safe_total = torch.where(total != 0, total, torch.ones_like(total))
     safe_w = torch.where(homogeneous != 0, homogeneous, torch.ones_like(homogeneous))
-    bary, z_over_w = lam / safe_total[:, None], depth / safe_w
-    covered = ((total != 0) & (bary >= 0).all(-1) & (homogeneous * total > 0)  # w = Σλw/Σλ > 0: in front
-               & (z_over_w >= -1) & (z_over_w <= 1))
-    return bary, z_over_w, covered
+    bary, z_over_w, w = lam / safe_total[:, None], depth / safe_w, homogeneous / safe_total
+    covered = ((total != 0) & (bary >= 0).all(-1) & (w > 0) & (z_over_w >= -1) & (z_over_w <= 1))
+    return bary, z_over_w, w, covered
 
 
-def _pixel_boxes(v: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Inclusive pixel ranges (x0, x1, y0, y1) [T] holding every pixel centre the clip triangles v
-    [T,3,4] may cover: the screen box of their part in front of the near plane (z ≥ −w); empty when none."""
+def _clipped_extent(v: Tensor) -> tuple[Tensor, Tensor]:
+    """NDC box (lo [T,2], hi [T,2]) of the part of clip triangles v [T,3,4] in front of the near plane
+    (z ≥ −w): their vertices there and the points where their edges cross it; lo > hi when none."""
     d = v[..., 2] + v[..., 3]  # ≥ 0 on the visible side of the near plane
     j = [1, 2, 0]
     dj, vj = d[:, j], v[:, j]
@@ -141,10 +143,25 @@ def _pixel_boxes(v: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Te
     t = (d / torch.where(crossing, d - dj, torch.ones_like(d))).clamp(0, 1)
     points = torch.cat([v, v + t[..., None] * (vj - v)], 1)  # vertices, then edge/near-plane crossings
     valid = torch.cat([d >= 0, crossing], 1) & (points[..., 3] > 0)
-    ndc = points[..., :2] / torch.where(valid, points[..., 3], torch.ones_like(d.repeat(1, 2)))[..., None]
+    ndc = points[..., :2] / torch.where(valid, points[..., 3], torch.ones_like(points[..., 3]))[..., None]
     ndc = ndc.nan_to_num(0.0, 1e6, -1e6).clamp(-1e6, 1e6)
-    lo = torch.where(valid[..., None], ndc, torch.full_like(ndc, 1e7)).min(1).values
-    hi = torch.where(valid[..., None], ndc, torch.full_like(ndc, -1e7)).max(1).values
+    lo = torch.where(valid[..., None], ndc, torch.full_like(ndc, 1e7)).amin(1)
+    hi = torch.where(valid[..., None], ndc, torch.full_like(ndc, -1e7)).amax(1)
+    return lo, hi
+
+
+def _pixel_boxes(pos_clip: Tensor, corners: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Inclusive pixel ranges (x0, x1, y0, y1) [T] holding every pixel centre the triangles may cover
+    (corners [T,3] index pos_clip [B·V,4]): the screen box of their part in front of the near plane,
+    empty when none. Triangles wholly in front take the box of their projected vertices; only those
+    crossing the near plane are clipped (they are few)."""
+    w = pos_clip[:, 3]
+    front = (pos_clip[:, 2] + w >= 0) & (w > 0)  # per vertex
+    ndc = (pos_clip[:, :2] / torch.where(front, w, torch.ones_like(w))[:, None])[corners]  # [T,3,2]
+    lo, hi = ndc.amin(1), ndc.amax(1)
+    partial = torch.nonzero(~front[corners].all(1))[:, 0]
+    if len(partial):
+        lo[partial], hi[partial] = _clipped_extent(pos_clip[corners[partial]])
     size = lo.new_tensor([width, height])
     margin = 1e-3  # pixels: the box must not lose a centre the exact coverage test accepts
     first = torch.ceil(((lo + 1) * size - 1) / 2 - margin).clamp(0, 1 << 30).long()
@@ -154,55 +171,59 @@ def _pixel_boxes(v: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Te
 
 
 @torch.no_grad()
-def _visibility(tris: Tensor, height: int, width: int, chunk_pairs: int) -> tuple[Tensor, Tensor]:
-    """Nearest triangle per pixel. tris [B,F,3,4] → (covered pixels [K] as flat indices into B·H·W,
-    their triangle [K] as an index into B·F). (Triangle, pixel) pairs from the bounding boxes are
-    tested in chunks of about ``chunk_pairs`` so memory stays bounded."""
-    B, Fn = tris.shape[:2]
-    flat = tris.reshape(B * Fn, 3, 4)
-    planes = _plane_functions(flat)
-    x0, x1, y0, y1 = _pixel_boxes(flat, height, width)
+def _visibility(pos_clip: Tensor, corners: Tensor, n_images: int, height: int, width: int, chunk_pairs: int) -> tuple[Tensor, Tensor]:
+    """Nearest triangle per pixel. pos_clip [B·V,4], corners [B·F,3] (triangles of image b first at
+    b·F) → (covered pixels [K] as flat indices into B·H·W, their triangle [K] as an index into B·F).
+    (Triangle, pixel) pairs from the bounding boxes are tested in chunks of about ``chunk_pairs``."""
+    n_tri = len(corners)
+    Fn = n_tri // n_images
+    x0, x1, y0, y1 = _pixel_boxes(pos_clip, corners, height, width)
     nx, ny = (x1 - x0 + 1).clamp_min(0), (y1 - y0 + 1).clamp_min(0)
-    counts = nx * ny
+    active = torch.nonzero((nx > 0) & (ny > 0))[:, 0]  # most small triangles hold no pixel centre
+    x0, y0, nx, counts = x0[active], y0[active], nx[active], (nx * ny)[active]
+    planes = _plane_functions(pos_clip[corners[active]])
+    dtype, device = pos_clip.dtype, pos_clip.device
     ends = torch.cumsum(counts, 0)
-    n_pix = B * height * width
-    best_z = torch.full((n_pix,), math.inf, dtype=tris.dtype, device=tris.device)
-    best_id = torch.full((n_pix,), B * Fn, dtype=torch.long, device=tris.device)
+    n_pix = n_images * height * width
+    best_z = torch.full((n_pix,), math.inf, dtype=dtype, device=device)
+    best_id = torch.full((n_pix,), n_tri, dtype=torch.long, device=device)
     start, total = 0, int(ends[-1]) if len(ends) else 0
     while start < total:  # pair range [start, stop) in the order of triangle indices
         stop = min(start + chunk_pairs, total)
         first_face = int(torch.searchsorted(ends, start, right=True))
         last_face = int(torch.searchsorted(ends, stop - 1, right=True))
-        faces = torch.arange(first_face, last_face + 1, device=tris.device)
+        faces = torch.arange(first_face, last_face + 1, device=device)
         face = torch.repeat_interleave(faces, counts[first_face:last_face + 1])
         base = int(ends[first_face - 1]) if first_face > 0 else 0
         face = face[start - base: stop - base]
-        local = torch.arange(start, stop, device=tris.device) - (ends[face] - counts[face])
-        px, py = x0[face] + local % nx[face], y0[face] + torch.div(local, nx[face], rounding_mode="floor")
-        p = (2 * px + 1).to(tris.dtype) / width - 1
-        q = (2 * py + 1).to(tris.dtype) / height - 1
-        _, z, covered = _evaluate(planes[face], p, q)
-        face, z = face[covered], z[covered]
+        local = torch.arange(start, stop, device=device) - (ends[face] - counts[face])
+        row = torch.div(local, nx[face], rounding_mode="floor")
+        px, py = x0[face] + local - row * nx[face], y0[face] + row
+        p = (2 * px + 1).to(dtype) / width - 1
+        q = (2 * py + 1).to(dtype) / height - 1
+        _, _, z, covered = _evaluate(planes[face], p, q)  # z: camera-space depth w
+        face, z = active[face[covered]], z[covered]
         pixel = (torch.div(face, Fn, rounding_mode="floor") * height + py[covered]) * width + px[covered]
         chunk_z = torch.full_like(best_z, math.inf).scatter_reduce(0, pixel, z, "amin")
         nearest = z == chunk_z[pixel]
-        chunk_id = torch.full_like(best_id, B * Fn).scatter_reduce(0, pixel[nearest], face[nearest], "amin")
+        chunk_id = torch.full_like(best_id, n_tri).scatter_reduce(0, pixel[nearest], face[nearest], "amin")
         closer = chunk_z < best_z  # on equal depth the earlier chunk (lower triangle index) stays
         best_z, best_id = torch.where(closer, chunk_z, best_z), torch.where(closer, chunk_id, best_id)
         start = stop
-    pixel = torch.nonzero(best_id < B * Fn)[:, 0]
+    pixel = torch.nonzero(best_id < n_tri)[:, 0]
     return pixel, best_id[pixel]
 
 
 def rasterize_torch(pos_clip: Tensor, tri: Tensor, height: int, width: int, chunk_pairs: int = 1 << 20) -> Tensor:
     """The torch path of :func:`rasterize` (see the module docstring)."""
-    B, Fn = pos_clip.shape[0], tri.shape[0]
-    tris = pos_clip[:, tri.long()]  # [B,F,3,4]
-    pixel, face = _visibility(tris.detach(), height, width, chunk_pairs)
+    B, V, Fn = pos_clip.shape[0], pos_clip.shape[1], tri.shape[0]
+    corners = (torch.arange(B, device=tri.device)[:, None, None] * V + tri.long()).reshape(-1, 3)  # [B·F,3] into B·V
+    flat = pos_clip.reshape(-1, 4)
+    pixel, face = _visibility(flat.detach(), corners, B, height, width, chunk_pairs)
     px, py = pixel % width, torch.div(pixel, width, rounding_mode="floor") % height
     p = (2 * px + 1).to(pos_clip.dtype) / width - 1
     q = (2 * py + 1).to(pos_clip.dtype) / height - 1
-    bary, z, _ = _evaluate(_plane_functions(tris.reshape(B * Fn, 3, 4)[face]), p, q)  # with autograd
+    bary, z, _, _ = _evaluate(_plane_functions(flat[corners[face]]), p, q)  # with autograd
     values = torch.stack([bary[:, 0], bary[:, 1], z, (face % Fn + 1).to(pos_clip.dtype)], -1)
     rast = pos_clip.new_zeros(B * height * width, 4).index_put((pixel,), values)
     return rast.view(B, height, width, 4)
