@@ -18,18 +18,16 @@ from threestudio_like.registry import lookup
 SMALL_GRID = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "per_level_scale": 1.5, "start_level": 4}
 
 
-def tet_grid(**overrides):
-    cls = lookup("geometry", "tetrahedra-sdf-grid")
-    values = {"isosurface_resolution": 32, "pos_encoding": SMALL_GRID, "mlp_neurons": 16}
-    values.update(overrides)
-    return cls(parse_structured(cls.Config, values, "system.geometry"))
-
-
 def tet_config(**overrides):
     cls = lookup("geometry", "tetrahedra-sdf-grid")
     values = {"isosurface_resolution": 32, "pos_encoding": SMALL_GRID, "mlp_neurons": 16}
     values.update(overrides)
     return cls, parse_structured(cls.Config, values, "system.geometry")
+
+
+def tet_grid(**overrides):
+    cls, cfg = tet_config(**overrides)
+    return cls(cfg)
 
 
 def all_points(grid):

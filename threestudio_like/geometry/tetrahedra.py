@@ -15,8 +15,11 @@ mapped from [−radius, radius]³ to [0,1]³, three albedo logits out. ``create_
 ``implicit-volume`` (its density output row dropped) and fits it to ``other.color()`` otherwise (the
 Gaussians), see :mod:`threestudio_like.geometry.tetrahedra_init`.
 
-CPU default resolution 48: marching tetrahedra forward + backward measured in docs/BENCHMARKS.md
-("Marching tetrahedra"); Stable Diffusion configs use threestudio's 128.
+CPU default resolution 32 (over the fitted box: about 30 cells across the demo's object): one
+surface step (marching tetrahedra + both regularisers + backward) costs 46 ms there against
+130–175 ms at 48 and 160–260 ms at 64 on the shared 2-core machine (docs/BENCHMARKS.md, "Marching tetrahedra"),
+which leaves a few-hundred-step refine inside a minute room for the rasterizer and the prior.
+Stable Diffusion configs use threestudio's 128.
 """
 from __future__ import annotations
 
@@ -43,7 +46,7 @@ DENSITY_SCALE = 100.0
 @dataclass
 class TetrahedraSDFGridConfig:
     radius: float = 1.0
-    isosurface_resolution: int = 48  # lattice cells per axis (CPU default; threestudio's SD configs: 128)
+    isosurface_resolution: int = 32  # lattice cells per axis (CPU default, see above; threestudio's SD configs: 128)
     isosurface_deformable_grid: bool = True
     deformation_scale: float = 0.2  # largest offset per axis, in cells (tanh-bounded)
     isosurface_remove_outliers: bool = True
