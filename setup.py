@@ -28,6 +28,8 @@ setup(
     ],
     extras_require={
         "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4", "diffrp-nvdiffrast>=0.3.3"],  # nvdiffrast compiles its plugin on first use (nvcc, ninja)
-        "test": ["pytest>=7"],
+        # sweeps over a cluster (python -m threestudio_like.sweep); without it they run one after another
+        "dist": ["ray>=2.9"],
+        "test": ["pytest>=7", "ray>=2.9"],
     },
 )
