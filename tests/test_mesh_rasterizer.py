@@ -274,6 +274,11 @@ def test_renderer_returns_the_contract_with_gradients_to_the_vertices():
     geometry.v_pos.grad = None
     hard = renderer.render(geometry, material, background, cams)
     assert set(hard["opacity"].unique().tolist()) == {0.0, 1.0}
+    # a surface that vanished (an SDF of one sign) renders the background
+    geometry.isosurface = lambda: Mesh(geometry.v_pos[:0], geometry.faces[:0])
+    empty = renderer.render(geometry, material, background, cams)
+    assert torch.equal(empty["rgb"], torch.tensor([0.0, 1.0, 0.0]).expand(2, 24, 32, 3))
+    assert empty["opacity"].abs().sum() == 0 and empty["depth"].abs().sum() == 0
 
 
 def test_config_rejects_a_bad_backend_and_clip_planes():
