@@ -114,14 +114,15 @@ def take(values: Tensor, index: Tensor) -> Tensor:
 
 def _plane_functions(v: Tensor) -> Tensor:
     """Clip triangles v [T,3,4] → [T,5,3]: the linear functions c0 + c1·p + c2·q of the NDC pixel
-    centre (p, q) giving λ_0, λ_1, λ_2 (unnormalised barycentrics), Σλ_i z_i and Σλ_i w_i."""
-    x, y, z, w = v.unbind(-1)  # [T,3] each
-    xj, yj, wj = x.roll(-1, 1), y.roll(-1, 1), w.roll(-1, 1)  # vertex i+1
-    xk, yk, wk = x.roll(-2, 1), y.roll(-2, 1), w.roll(-2, 1)  # vertex i+2
-    lam = torch.stack([xj * yk - xk * yj, wk * yj - wj * yk, xk * wj - xj * wk], -1)  # [T,3 vertices,3 coefs]
-    depth = (z[..., None] * lam).sum(1, keepdim=True)
-    homogeneous = (w[..., None] * lam).sum(1, keepdim=True)
-    return torch.cat([lam, depth, homogeneous], 1)
+    centre (p, q) giving λ_0, λ_1, λ_2 (unnormalised barycentrics), Σλ_i z_i and Σλ_i w_i.
+    λ_i = a_j b_k − a_k b_j over the other two vertices j, k, with a = x − p w, b = y − q w."""
+    x0, y0, z0, w0, x1, y1, z1, w1, x2, y2, z2, w2 = v.reshape(-1, 12).T.contiguous()  # one pass, [T] rows
+    lam = ((x1 * y2 - x2 * y1, w2 * y1 - w1 * y2, x2 * w1 - x1 * w2),
+           (x2 * y0 - x0 * y2, w0 * y2 - w2 * y0, x0 * w2 - x2 * w0),
+           (x0 * y1 - x1 * y0, w1 * y0 - w0 * y1, x1 * w0 - x0 * w1))
+    depth = [z0 * lam[0][c] + z1 * lam[1][c] + z2 * lam[2][c] for c in range(3)]
+    homogeneous = [w0 * lam[0][c] + w1 * lam[1][c] + w2 * lam[2][c] for c in range(3)]
+    return torch.stack([*lam[0], *lam[1], *lam[2], *depth, *homogeneous], -1).view(-1, 5, 3)
 
 
 def _evaluate(planes: Tensor, p: Tensor, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -163,16 +164,20 @@ def _pixel_boxes(pos_clip: Tensor, corners: Tensor, height: int, width: int) -> 
     crossing the near plane are clipped (they are few)."""
     w = pos_clip[:, 3]
     front = (pos_clip[:, 2] + w >= 0) & (w > 0)  # per vertex
-    ndc = take(pos_clip[:, :2] / torch.where(front, w, torch.ones_like(w))[:, None], corners)  # [T,3,2]
-    lo, hi = ndc.amin(1), ndc.amax(1)
-    partial = torch.nonzero(~take(front, corners).all(1))[:, 0]
+    size = pos_clip.new_tensor([width, height])
+    to_pixel = lambda ndc: ((ndc + 1) * size - 1) / 2  # noqa: E731  (pixel i's centre at i)
+    pixel = to_pixel(pos_clip[:, :2] / torch.where(front, w, torch.ones_like(w))[:, None])
+    columns = corners.T.contiguous()
+    n0, n1, n2 = (take(pixel, column) for column in columns)
+    lo, hi = torch.minimum(torch.minimum(n0, n1), n2), torch.maximum(torch.maximum(n0, n1), n2)
+    in_front = take(front, columns[0]) & take(front, columns[1]) & take(front, columns[2])
+    partial = torch.nonzero(~in_front)[:, 0]
     if len(partial):
-        lo[partial], hi[partial] = _clipped_extent(take(pos_clip, corners[partial]))
-    size = lo.new_tensor([width, height])
+        clipped_lo, clipped_hi = _clipped_extent(take(pos_clip, corners[partial]))
+        lo[partial], hi[partial] = to_pixel(clipped_lo), to_pixel(clipped_hi)
     margin = 1e-3  # pixels: the box must not lose a centre the exact coverage test accepts
-    first = torch.ceil(((lo + 1) * size - 1) / 2 - margin).clamp(0, 1 << 30).long()
-    last = torch.floor(((hi + 1) * size - 1) / 2 + margin).clamp(-1, 1 << 30).long()
-    last = torch.minimum(last, (size.long() - 1))
+    first = torch.ceil(lo - margin).clamp(0, 1 << 30).long()
+    last = torch.minimum(torch.floor(hi + margin).clamp(-1, 1 << 30), size - 1).long()
     return first[:, 0], last[:, 0], first[:, 1], last[:, 1]
 
 
