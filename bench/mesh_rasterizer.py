@@ -21,7 +21,8 @@ import trimesh
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from threestudio_like.data.cameras import make_cameras  # noqa: E402
-from threestudio_like.renderers.rasterize import antialias, clip_positions, interpolate, rasterize  # noqa: E402
+from threestudio_like.renderers.antialias import antialias  # noqa: E402
+from threestudio_like.renderers.rasterize import clip_positions, interpolate, rasterize  # noqa: E402
 
 SPHERE_SEGMENTS = {10_000: 51, 50_000: 113}  # uv_sphere(count=[n, n]) has about 4n(n − 2) faces
 

@@ -12,9 +12,8 @@ from threestudio_like.data.cameras import make_cameras
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.mesh import Mesh
 from threestudio_like.registry import lookup
-from threestudio_like.renderers.rasterize import (
-    FAR, NEAR, antialias, clip_positions, interpolate, opposite_vertices, rasterize,
-)
+from threestudio_like.renderers.antialias import antialias, opposite_vertices
+from threestudio_like.renderers.rasterize import FAR, NEAR, clip_positions, interpolate, rasterize
 
 
 # --- an independent reference: Möller–Trumbore through the pixel-centre rays ----------------------

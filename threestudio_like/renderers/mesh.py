@@ -21,8 +21,9 @@ from torch import Tensor
 
 from threestudio_like.config import check_choice
 from threestudio_like.registry import register
+from threestudio_like.renderers.antialias import antialias
 from threestudio_like.renderers.base import Renderer
-from threestudio_like.renderers.rasterize import BACKENDS, FAR, NEAR, antialias, clip_positions, interpolate, rasterize
+from threestudio_like.renderers.rasterize import BACKENDS, FAR, NEAR, clip_positions, interpolate, rasterize
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Differentiable triangle rasterization in nvdiffrast's split: ``clip_positions`` → ``rasterize`` →
-``interpolate`` → ``antialias`` (Laine et al. 2020). Pure PyTorch anywhere; nvdiffrast on CUDA tensors.
+``interpolate`` → ``antialias`` (Laine et al. 2020; the last in renderers/antialias.py). Pure PyTorch
+anywhere; nvdiffrast on CUDA tensors.
 
 Conventions (nvdiffrast's):
 - clip positions [B,V,4] (x, y, z, w); pixel (i, j), column i and row j, has its centre at NDC
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -67,7 +68,7 @@ def clip_positions(v_pos: Tensor, cameras, near: float = NEAR, far: float = FAR)
 # --------------------------------------------------------------------------------------------------
 # Backend choice
 # --------------------------------------------------------------------------------------------------
-def _nvdiffrast():
+def nvdiffrast_module():
     """The ``nvdiffrast.torch`` module, or None when it is not installed (imported only on CUDA)."""
     try:
         import nvdiffrast.torch as dr
@@ -83,7 +84,7 @@ def use_nvdiffrast(backend: str, device: torch.device) -> bool:
         return False
     if device.type != "cuda":
         raise ValueError("backend='nvdiffrast' needs CUDA tensors; use backend='torch' or 'auto' on the CPU")
-    if _nvdiffrast() is None:
+    if nvdiffrast_module() is None:
         if backend == "nvdiffrast":
             raise ValueError("backend='nvdiffrast' but nvdiffrast is not installed: pip install diffrp-nvdiffrast "
                              "(or pip install .[gpu]), or use backend='auto'")
@@ -99,7 +100,7 @@ def cuda_context(device: torch.device):
     """One ``RasterizeCudaContext`` per CUDA device (no OpenGL needed)."""
     device = torch.device(device)
     if device not in _CONTEXTS:
-        _CONTEXTS[device] = _nvdiffrast().RasterizeCudaContext(device=device)
+        _CONTEXTS[device] = nvdiffrast_module().RasterizeCudaContext(device=device)
     return _CONTEXTS[device]
 
 
@@ -248,7 +249,7 @@ def rasterize(pos_clip: Tensor, tri: Tensor, height: int, width: int, backend: s
     if pos_clip.dim() != 3 or pos_clip.shape[-1] != 4:
         raise ValueError(f"pos_clip must be [B,V,4], got {list(pos_clip.shape)}")
     if use_nvdiffrast(backend, pos_clip.device):
-        dr = _nvdiffrast()
+        dr = nvdiffrast_module()
         rast, _ = dr.rasterize(cuda_context(pos_clip.device), pos_clip.float().contiguous(), tri.int().contiguous(),
                                resolution=[height, width])
         return rast
@@ -269,7 +270,8 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, backend: str = "auto") 
     """Vertex attributes attr [V,C] (or [B,V,C]) at the pixel centres → [B,H,W,C] (0 where empty):
     u·a_0 + v·a_1 + (1 − u − v)·a_2; gradients reach attr and, through (u, v), the clip positions."""
     if use_nvdiffrast(backend, attr.device):
-        out, _ = _nvdiffrast().interpolate(attr.float().contiguous(), rast, tri.int().contiguous())
+        batched = attr if attr.dim() == 3 else attr[None]  # instanced mode broadcasts a [1,V,C]
+        out, _ = nvdiffrast_module().interpolate(batched.float().contiguous(), rast.float().contiguous(), tri.int().contiguous())
         return out
     B, H, W, _ = rast.shape
     pixel, triangle = covered_pixels(rast)
@@ -283,122 +285,3 @@ def interpolate(attr: Tensor, rast: Tensor, tri: Tensor, backend: str = "auto") 
     weights = torch.cat([uv, 1 - uv.sum(-1, keepdim=True)], -1)  # [K,3]
     out = attr.new_zeros(B * H * W, attr.shape[-1]).index_copy(0, pixel, (weights[..., None] * values).sum(1))
     return out.view(B, H, W, -1)
-
-
-# --------------------------------------------------------------------------------------------------
-# antialias
-# --------------------------------------------------------------------------------------------------
-def opposite_vertices(tri: Tensor) -> Tensor:
-    """For edge i of each triangle (the edge facing its vertex i), the vertex of the neighbouring
-    triangle across that edge that is not on it: tri [F,3] → [F,3] long, −1 on open edges."""
-    tri = tri.long()
-    a, b = tri.roll(-1, 1), tri.roll(-2, 1)
-    key = (torch.minimum(a, b) * (int(tri.max()) + 1 if len(tri) else 1) + torch.maximum(a, b)).reshape(-1)
-    order = torch.argsort(key)
-    sorted_key = key[order]
-    n = len(key)
-    same = sorted_key[1:] == sorted_key[:-1]
-    index = torch.arange(n, device=tri.device)
-    following = torch.where(F.pad(same, (0, 1)), index + 1, -1)
-    preceding = torch.where(F.pad(same, (1, 0)), index - 1, -1)
-    partner_sorted = torch.where(following >= 0, following, preceding)  # pairs edges that share a key
-    partner = torch.full_like(index, -1)
-    partner[order] = torch.where(partner_sorted >= 0, order[partner_sorted.clamp_min(0)], -1)
-    opposite = tri.reshape(-1)[partner.clamp_min(0)]  # half-edge (f, i) ↔ vertex (f', i') of its partner
-    return torch.where(partner >= 0, opposite, -1).view(-1, 3)
-
-
-def _discontinuities(rast: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Adjacent pixel pairs with different triangle ids: (pixel0 [K], pixel1 [K] flat indices into
-    B·H·W, down [K] bool: pixel1 lies below pixel0 rather than to its right)."""
-    B, H, W, _ = rast.shape
-    tid = rast[..., 3].detach()
-    index = torch.arange(B * H * W, device=rast.device).view(B, H, W)
-    right = torch.nonzero((tid[:, :, 1:] != tid[:, :, :-1]).reshape(-1))[:, 0]
-    right = index[:, :, :-1].reshape(-1)[right]
-    down = torch.nonzero((tid[:, 1:] != tid[:, :-1]).reshape(-1))[:, 0]
-    down = index[:, :-1].reshape(-1)[down]
-    pixel0 = torch.cat([right, down])
-    is_down = torch.cat([torch.zeros_like(right, dtype=torch.bool), torch.ones_like(down, dtype=torch.bool)])
-    return pixel0, pixel0 + torch.where(is_down, W, 1), is_down
-
-
-def _silhouette_crossings(own: Tensor, other: Tensor, from_first: Tensor, down: Tensor) -> tuple[Tensor, Tensor]:
-    """Where a silhouette edge of a triangle crosses the segment between two pixel centres.
-
-    own [K,3,2], other [K,3,2]: the triangle's vertices and the opposite vertices across its edges
-    (the vertex itself on open edges), in pixels relative to the centre of the pixel the triangle
-    covers; the other pixel lies one step along +x (or +y when ``down``) if ``from_first``, else along
-    −x (−y). → (distance [K] from the covering pixel's centre to the crossing, in [0, 1]; found [K]).
-    An edge is a silhouette when the neighbour's far vertex lies on the triangle's own side of it.
-    """
-    x, y = own.unbind(-1)
-    ox, oy = other.unbind(-1)
-    xj, yj, xk, yk = x.roll(-1, 1), y.roll(-1, 1), x.roll(-2, 1), y.roll(-2, 1)
-    own_side = (xj - x) * (yk - y) - (xk - x) * (yj - y)  # the triangle's signed area, per edge
-    far_side = (xj - ox) * (yk - oy) - (xk - ox) * (yj - oy)
-    silhouette = own_side * far_side > 0
-    swap = down[:, None]  # vertical pairs: exchange x and y so the segment always runs along x
-    x, y, xj, yj, xk, yk = (torch.where(swap, b, a) for a, b in ((x, y), (y, x), (xj, yj), (yj, xj), (xk, yk), (yk, xk)))
-    dx, dy = xk - xj, yk - yj
-    crosses = (yj < 0) != (yk < 0)
-    sign = torch.where(from_first, 1.0, -1.0).to(own.dtype)[:, None]
-    at = sign * (xj - yj * dx / torch.where(crosses, dy, torch.ones_like(dy)))  # the crossing, toward the other pixel
-    at = torch.where(crosses, at, torch.full_like(at, -math.inf))
-    edge = at.detach().argmax(1, keepdim=True)  # the crossing nearest the other pixel
-    pick = lambda t: t.gather(1, edge)[:, 0]  # noqa: E731
-    distance = pick(at)
-    steep = pick(dy).abs() >= pick(dx).abs()  # the perpendicular pass handles flatter edges
-    eps = 1.0 / 16.0  # nvdiffrast's tolerance for crossings just outside the segment
-    found = pick(silhouette) & steep & (distance > -eps) & (distance < 1 + eps)
-    return distance.clamp(0, 1), found
-
-
-def antialias_torch(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, opposite: Optional[Tensor] = None) -> Tensor:
-    """The torch path of :func:`antialias` (nvdiffrast's analytic antialiasing)."""
-    B, H, W, C = color.shape
-    V = pos_clip.shape[1]
-    tri = tri.long()
-    opposite = opposite_vertices(tri) if opposite is None else opposite
-    pixel0, pixel1, down = _discontinuities(rast)
-    flat = rast.detach().reshape(-1, 4)
-    r0, r1 = take(flat, pixel0), take(flat, pixel1)
-    t0, t1 = r0[:, 3].long() - 1, r1[:, 3].long() - 1
-    from_first = (t0 >= 0) & ((t1 < 0) | (r0[:, 2] < r1[:, 2]))  # the nearer triangle's edge
-    triangle = torch.where(from_first, t0, t1)
-    covering = torch.where(from_first, pixel0, pixel1)
-    batch = torch.div(covering, H * W, rounding_mode="floor")
-    corners, across = take(tri, triangle), take(opposite, triangle)
-    far = torch.where(across >= 0, across, corners)
-    vertices = take(pos_clip.reshape(-1, 4), batch[:, None] * V + torch.cat([corners, far], 1))  # [K,6,4]
-    in_front = (vertices[..., 3] > 0).all(1)  # pixel-space projection needs w > 0: others are not blended
-    w = torch.where(in_front[:, None], vertices[..., 3], torch.ones_like(vertices[..., 3]))
-    size = pos_clip.new_tensor([W, H])
-    centre = torch.stack([covering % W, torch.div(covering, W, rounding_mode="floor") % H], -1).to(pos_clip.dtype) + 0.5
-    screen = (vertices[..., :2] / w[..., None] + 1) * 0.5 * size - centre[:, None]  # pixels, relative
-    distance, found = _silhouette_crossings(screen[:, :3], screen[:, 3:], from_first, down)
-    keep = found & in_front
-    # the pixel on the far side of the segment's midpoint from the edge takes colour from the other
-    kept = torch.nonzero(keep)[:, 0]
-    alpha = take(torch.where(from_first, 1.0, -1.0).to(color.dtype) * (0.5 - distance.to(color.dtype)), kept)
-    p0, p1 = take(pixel0, kept), take(pixel1, kept)
-    colors = color.reshape(-1, C)
-    target = torch.where(alpha > 0, p0, p1)
-    update = alpha[:, None] * (take(colors, p1) - take(colors, p0))
-    return (colors + torch.zeros_like(colors).index_add(0, target, update)).view(B, H, W, C)
-
-
-def antialias(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, backend: str = "auto",
-              opposite: Optional[Tensor] = None) -> Tensor:
-    """color [B,H,W,C] blended across silhouette edges → [B,H,W,C], nvdiffrast's analytic antialiasing.
-
-    At each pair of adjacent pixels whose triangle ids differ, the nearer triangle's silhouette edge
-    that crosses the segment between the two pixel centres, at distance d ∈ [0, 1] from the centre of
-    the pixel that triangle covers, moves a fraction |½ − d| of the colour difference into the pixel on
-    the far side of the midpoint from the edge. The result is linear in the edge position, which is
-    where visibility gets its gradient (to pos_clip); colours get theirs as well. ``opposite`` (from
-    :func:`opposite_vertices`) saves recomputing the mesh topology.
-    """
-    if use_nvdiffrast(backend, color.device):
-        return _nvdiffrast().antialias(color.float().contiguous(), rast, pos_clip.float().contiguous(), tri.int().contiguous())
-    return antialias_torch(color, rast, pos_clip, tri, opposite)
