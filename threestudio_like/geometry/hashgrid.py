@@ -7,7 +7,7 @@ Features of the 8 surrounding vertices are blended trilinearly.
 
 Speed on a CPU comes from doing every level and corner at once: all levels live in one table, the
 8·L vertex indices of a point are built with broadcasting (offsets folded in), and one fused
-gather-and-blend (``embedding_bag``) reads them; the backward pass is one ``index_add_``. Two facts
+gather-and-blend (``embedding_bag``) reads them; the backward pass is one complex ``index_add_``. Two facts
 keep the index arithmetic in int32 where it fits: the low bits of a product only depend on the low
 bits of its factors, and hashed levels sit at table offsets that are multiples of the table size,
 so a level's offset can be OR-ed into one of the three XOR terms.
@@ -67,15 +67,19 @@ def per_level_scale_for(base_resolution: int, finest_resolution: int, n_levels: 
     return math.exp(math.log(finest_resolution / base_resolution) / (n_levels - 1))
 
 
-def _outer_rows(w: Tensor, grad: Tensor) -> Tensor:
-    """rows[m·8 + c] = w[m,c] · grad[m]: w [M,8], grad [M,F] → [M·8, F].
+def _scatter_rows(idx: Tensor, w: Tensor, grad: Tensor, n_rows: int) -> Tensor:
+    """grad_table[idx[m,c]] += w[m,c] · grad[m]: idx [M,8] (int64), w [M,8], grad [M,F] → [n_rows,F].
 
-    For F = 2 the pair is viewed as one complex number, which turns a slow broadcast over a
-    trailing axis of length 2 into a plain vectorised multiply.
+    For F = 2 the pair is one complex number: a 1-D complex ``index_add_`` adds both features in
+    one pass (exactly the float sums of the 2-D version, about 3× faster than its scatter on a CPU).
     """
-    if grad.shape[1] == 2 and grad.dtype in (torch.float32, torch.float64):
-        return torch.view_as_real(w * torch.view_as_complex(grad).unsqueeze(1)).reshape(-1, 2)
-    return (w.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, grad.shape[1])
+    F = grad.shape[1]
+    if F == 2 and grad.dtype in (torch.float32, torch.float64):
+        rows = w * torch.view_as_complex(grad).unsqueeze(1)  # [M,8] complex
+        out = torch.zeros(n_rows, dtype=rows.dtype, device=grad.device)
+        return torch.view_as_real(out.index_add_(0, idx.reshape(-1), rows.reshape(-1)))
+    rows = (w.unsqueeze(-1) * grad.unsqueeze(1)).reshape(-1, F)
+    return grad.new_zeros(n_rows, F).index_add_(0, idx.reshape(-1), rows)
 
 
 class _WeightedGather(torch.autograd.Function):
@@ -92,15 +96,10 @@ class _WeightedGather(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None, Tensor | None]:
         table, idx, w = ctx.saved_tensors
-        grad = grad.contiguous()  # the broadcast multiply below is several times slower on a strided grad
-        grad_table = grad_w = None
-        if ctx.needs_input_grad[0]:
-            rows = _outer_rows(w, grad)
-            grad_table = torch.zeros_like(table)
-            # int64 indices take index_add_'s fast path on the CPU (int32 is ~10x slower there)
-            grad_table.index_add_(0, idx.reshape(-1).long(), rows)
-        if ctx.needs_input_grad[2]:
-            grad_w = (table[idx.long()] * grad.unsqueeze(1)).sum(-1)
+        grad = grad.contiguous()  # the multiply below is several times slower on a strided grad
+        idx = idx.long()  # int64 indices take index_add_'s fast path on the CPU (int32 is ~10x slower there)
+        grad_table = _scatter_rows(idx, w, grad, table.shape[0]) if ctx.needs_input_grad[0] else None
+        grad_w = (table[idx] * grad.unsqueeze(1)).sum(-1) if ctx.needs_input_grad[2] else None
         return grad_table, None, grad_w
 
 

@@ -129,7 +129,9 @@ class TextTo3DSystem(nn.Module):
             groups += self.background.parameter_groups()
         cfg = self.cfg.optimizer
         kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-        self.optimizers = {"geometry": kind(groups, betas=tuple(cfg.betas), eps=cfg.eps)}
+        # the fused CPU kernel: one pass over each tensor instead of ~10 (same update to float rounding)
+        fused = self.device.type == "cpu"
+        self.optimizers = {"geometry": kind(groups, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)}
         make_guidance_optimizer = getattr(self.guidance, "make_optimizer", None)
         if make_guidance_optimizer is not None:
             self.optimizers["guidance"] = make_guidance_optimizer()
