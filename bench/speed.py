@@ -2,6 +2,7 @@
 
     python bench/speed.py                               # CUDA: SD 2.1-base architecture, random weights, fp16
     python bench/speed.py --device cpu --tiny --steps 5 # a small stand-in on the CPU
+    python bench/speed.py --cpu-row [--peers DIR]       # the offline demo steps on the CPU (bench/speed_cpu.py)
 
 Random weights cost the same time and memory as trained ones (bench/sd21_base.py holds the
 architecture). The step follows threestudio's dreamfusion-sd settings by default: a hash-grid NeRF
@@ -16,6 +17,7 @@ forward and backward, each timed alone.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -40,6 +42,13 @@ from threestudio_like.priors.stable_diffusion import StableDiffusionConfig, Stab
 PARTS = ("render", "vae_encode", "unet", "unet_lora", "lora_train_forward", "guidance_math", "backward", "optimizer")
 
 
+def _sizes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N×resolution pairs like 2000x32,10000x128") from None
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -53,6 +62,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--vae-res", type=int, default=None, help="VAE input size (default 512, tiny 64)")
     parser.add_argument("--samples", type=int, default=None, help="samples per ray (default 512, tiny 32)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet")
+    cpu = parser.add_argument_group("CPU row (--cpu-row): the embedded-prior demo steps, see bench/speed_cpu.py")
+    cpu.add_argument("--cpu-row", action="store_true", help="time the NeRF and Gaussian demo steps part by part instead")
+    cpu.add_argument("--peers", default=os.environ.get("PEERS_DIR", "peers"), help="folder with nerfstudio/ and gsplat/ checkouts")
+    cpu.add_argument("--warmup-steps", type=int, default=200, help="training steps before timing")
+    cpu.add_argument("--repeats", type=int, default=15)
+    cpu.add_argument("--gs-sizes", type=_sizes, default=None, help="Gaussian peer sizes, e.g. 2000x32,10000x128")
     args = parser.parse_args(argv)
     args.render = args.render or (32 if args.tiny else 64)
     args.vae_res = args.vae_res or (64 if args.tiny else 512)
@@ -254,6 +269,12 @@ def print_table(ctx, results: dict, floor: tuple[float, float]) -> None:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.cpu_row:
+        from bench import speed_cpu
+
+        args.gs_sizes = args.gs_sizes or list(speed_cpu.GS_SIZES)
+        speed_cpu.main(args)
+        return
     device = torch.device(args.device)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - {"sds", "vsd"})

@@ -178,15 +178,34 @@ def _pixel_entries(
     row = torch.repeat_interleave(arange(len(owner)), row_w)
     px = row_x0[row] + arange(len(row)) - (torch.cumsum(row_w, 0) - row_w)[row]
     sigma = _sigma(means2d.reshape(-1, 2)[row_gid], conics.reshape(-1, 3)[row_gid], row_py, row, px)
-    o = opacities.reshape(-1)[row_gid][row]
-    keep = (sigma >= 0) & (o * torch.exp(-sigma.clamp(max=60.0)) >= ALPHA_THRESHOLD)
-    row, px = row[keep], px[keep]
+    alpha = opacities.reshape(-1)[row_gid][row] * torch.exp(-sigma.clamp(max=60.0))
+    keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
+    row, px, alpha = row[keep], px[keep], alpha[keep]
     pixel = (((row_gid // N) * height + row_py)[row]) * width + px
     pixel, perm = torch.sort(pixel, stable=True)  # stable: depth order survives inside each pixel
+    return {"row_gid": row_gid, "row_py": row_py, "row": row[perm], "px": px[perm], "pixel": pixel,
+            "alpha": alpha[perm], **_segments(pixel)}
+
+
+def _segments(pixel: Tensor) -> dict[str, Tensor]:
+    """Runs of equal values in the sorted ``pixel`` [M]: first [S] (each run's first position) and
+    segment [M] (each entry's run)."""
     is_first = torch.ones_like(pixel, dtype=torch.bool)
     is_first[1:] = pixel[1:] != pixel[:-1]
-    return {"row_gid": row_gid, "row_py": row_py, "row": row[perm], "px": px[perm], "pixel": pixel,
-            "first": is_first.nonzero()[:, 0], "segment": torch.cumsum(is_first, 0) - 1}
+    return {"first": is_first.nonzero()[:, 0], "segment": torch.cumsum(is_first, 0) - 1}
+
+
+def _live_entries(e: dict[str, Tensor], max_alpha: float) -> dict[str, Tensor]:
+    """The pairs of ``e`` (from :func:`_pixel_entries`) a pixel still takes: those before the one
+    that would bring its transmittance to 1e-4. Past that a pair's weight and gradient are exactly
+    0, and they come after all live ones in their pixel (T only falls), so dropping them before
+    autograd leaves every live pair's sums as they were."""
+    log_t = torch.log1p(-e["alpha"].clamp(max=max_alpha)).double()
+    live = _segment_exclusive_cumsum(log_t, e["first"], e["segment"]) + log_t > math.log(TRANSMITTANCE_MIN)
+    if bool(live.all()):
+        return e
+    kept = {key: e[key][live] for key in ("row", "px", "pixel")}
+    return {"row_gid": e["row_gid"], "row_py": e["row_py"], **kept, **_segments(kept["pixel"])}
 
 
 def _sigma(mu: Tensor, conic: Tensor, row_py: Tensor, row: Tensor, px: Tensor) -> Tensor:
@@ -212,15 +231,13 @@ def rasterize_sparse(
     with torch.no_grad():
         order = torch.argsort(depths.detach(), dim=1)
         e = _pixel_entries(means2d.detach(), conics.detach(), opacities.detach(), radii, order, width, height)
+        e = _live_entries(e, max_alpha)
     row_gid, row = e["row_gid"], e["row"]
     sigma = _sigma(means2d.reshape(-1, 2)[row_gid], conics.reshape(-1, 3)[row_gid], e["row_py"], row, e["px"])
-    # sigma is capped before exp (α is cut at 1/255 anyway): subnormal floats are very slow on CPUs
+    # sigma is capped before exp (α is cut at 1/255 anyway): subnormal floats are very slow on CPUs.
+    # Every pair left has σ ≥ 0 and α ≥ 1/255 (the same arithmetic chose them): no mask needed.
     alpha = (opacities.reshape(-1)[row_gid][row] * torch.exp(-sigma.clamp(max=60.0))).clamp(max=max_alpha)
-    alpha = alpha * ((sigma >= 0) & (alpha >= ALPHA_THRESHOLD))
     log_t = torch.log1p(-alpha).double()
-    with torch.no_grad():  # a pixel stops before the Gaussian that would bring T to 1e-4
-        live = _segment_exclusive_cumsum(log_t, e["first"], e["segment"]) + log_t > math.log(TRANSMITTANCE_MIN)
-    alpha, log_t = alpha * live, log_t * live
     weight = alpha * torch.exp(_segment_exclusive_cumsum(log_t, e["first"], e["segment"])).to(alpha.dtype)
     image = features.new_zeros(C * height * width, D).index_add(0, e["pixel"], weight[:, None] * features.reshape(-1, D)[row_gid[row]])
     log_T = log_t.new_zeros(C * height * width).index_add(0, e["pixel"], log_t)
