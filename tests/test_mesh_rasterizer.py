@@ -273,6 +273,13 @@ def test_renderer_returns_the_contract_with_gradients_to_the_vertices():
     geometry.v_pos.grad = None
     hard = renderer.render(geometry, material, background, cams)
     assert set(hard["opacity"].unique().tolist()) == {0.0, 1.0}
+    # the antialiasing topology kept for one mesh is not reused for another
+    other = MeshBall(radius=0.4)
+    other.faces = other.faces.flip(1).contiguous()  # same count, other faces: inward normals, other ids
+    fresh = part("renderer", "mesh-rasterizer").render(other, material, background, cams)
+    again = part("renderer", "mesh-rasterizer")
+    again.render(geometry, material, background, cams)
+    assert torch.equal(again.render(other, material, background, cams)["rgb"], fresh["rgb"])
     # a surface that vanished (an SDF of one sign) renders the background
     geometry.isosurface = lambda: Mesh(geometry.v_pos[:0], geometry.faces[:0])
     empty = renderer.render(geometry, material, background, cams)

@@ -21,9 +21,9 @@ from torch import Tensor
 
 from threestudio_like.config import check_choice
 from threestudio_like.registry import register
-from threestudio_like.renderers.antialias import antialias
+from threestudio_like.renderers.antialias import antialias, opposite_vertices
 from threestudio_like.renderers.base import Renderer
-from threestudio_like.renderers.rasterize import BACKENDS, FAR, NEAR, clip_positions, interpolate, rasterize
+from threestudio_like.renderers.rasterize import BACKENDS, FAR, NEAR, clip_positions, interpolate, rasterize, use_nvdiffrast
 
 
 @dataclass
@@ -46,6 +46,14 @@ class MeshRasterizer(Renderer):
     def __init__(self, cfg: MeshRasterizerConfig) -> None:
         super().__init__()
         self.cfg = cfg
+        self._topology: tuple[Tensor, Tensor] | None = None  # (faces, their opposite vertices), not saved
+
+    def opposite_vertices(self, faces: Tensor) -> Tensor:
+        """The antialiasing topology of ``faces``, kept while the geometry returns the same faces
+        tensor (a fixed geometry's cached mesh), recomputed for a new one."""
+        if self._topology is None or self._topology[0] is not faces:
+            self._topology = (faces, opposite_vertices(faces))
+        return self._topology[1]
 
     def render(self, geometry, material, background, cameras, shading: str = "albedo", training: bool = False,
                with_normal: bool = False) -> dict:
@@ -61,16 +69,18 @@ class MeshRasterizer(Renderer):
         fields = interpolate(torch.cat([mesh.v_pos, mesh.vertex_normals()], -1), rast, tri, backend)
         covered = rast[..., 3] > 0  # [B,H,W]
         points, normal = fields[covered][:, :3], F.normalize(fields[covered][:, 3:], dim=-1)
-        light = cameras.light_position.to(points.dtype)[:, None, None].expand(B, H, W, 3)[covered]
+        per_pixel = lambda per_camera: per_camera.to(points.dtype)[:, None, None].expand(B, H, W, 3)[covered]  # noqa: E731
         need_normal = with_normal or material.requires_normal(shading)
-        rgb = material(geometry.color(points), normal if need_normal else None, points, light, shading)
-        _, dirs = cameras.rays()
-        distance = (points - cameras.position.to(points.dtype)[:, None, None].expand(B, H, W, 3)[covered]).norm(dim=-1, keepdim=True)
+        rgb = material(geometry.color(points), normal if need_normal else None, points,
+                       per_pixel(cameras.light_position), shading)
+        distance = (points - per_pixel(cameras.position)).norm(dim=-1, keepdim=True)
         foreground = torch.cat([rgb.to(points.dtype), torch.ones_like(distance), distance, normal], -1)
         image = fields.new_zeros(B, H, W, foreground.shape[-1]).index_put((covered,), foreground)
-        opacity = image[..., 3:4]
-        image = torch.cat([image[..., :3] + (1 - opacity) * background(dirs, training=training).to(image.dtype), image[..., 3:]], -1)
+        _, dirs = cameras.rays()
+        opacity, behind = image[..., 3:4], background(dirs, training=training).to(image.dtype)
+        image = torch.cat([image[..., :3] + (1 - opacity) * behind, image[..., 3:]], -1)
         if self.cfg.antialias:
-            image = antialias(image, rast, pos_clip, tri, backend)
+            opposite = None if use_nvdiffrast(backend, image.device) else self.opposite_vertices(tri)
+            image = antialias(image, rast, pos_clip, tri, backend, opposite)
         return {"rgb": image[..., :3], "opacity": image[..., 3:4], "depth": image[..., 4:5],
                 "normal": image[..., 5:8], "mesh": mesh}
