@@ -174,6 +174,8 @@ def test_density_is_positive_inside_and_export_finds_the_same_surface():
     inside, outside = torch.tensor([[0.0, 0.0, 0.1]]), torch.tensor([[0.0, 0.6, 0.0], [0.0, 0.0, 1.5]])
     level = grid.isosurface_threshold()
     assert grid.density(inside).item() > level and (grid.density(outside) < level).all()
+    assert grid.density(outside)[1].item() == 0.0, "no density beyond the lattice"
+    assert grid.density(torch.tensor([[0.0, 0.0, 0.9]])).item() < 0.05, "no fog where the sdf is clamped"
     exported = extract_mesh(grid, ExportConfig(isosurface_resolution=64, progress=False))
     mean, _ = chamfer(exported, grid.isosurface().to_trimesh())
     assert mean < 0.25 * grid.cell

@@ -39,8 +39,9 @@ from threestudio_like.registry import register
 
 log = logging.getLogger(__name__)
 
-# density() = DENSITY_SCALE · sigmoid(sdf): the export's level DENSITY_SCALE / 2 is the surface sdf = 0
-DENSITY_SCALE = 100.0
+# density() = DENSITY_SCALE · sigmoid(DENSITY_SHARPNESS · sdf): the export's level DENSITY_SCALE / 2 is
+# the surface sdf = 0; at the clamped sdf −2 the density is 0.03 (no fog), and 0 outside the lattice
+DENSITY_SCALE, DENSITY_SHARPNESS = 100.0, 4.0
 
 
 @dataclass
@@ -181,17 +182,19 @@ class TetrahedraSDFGrid(Geometry):
     def color(self, points: Tensor) -> Tensor:
         return torch.sigmoid(self.color_logits(points))
 
-    def sdf_at(self, points: Tensor) -> Tensor:
-        """points [N,3] → sdf [N] (cells), linear in each tetrahedron of the undeformed lattice.
+    def sdf_at(self, points: Tensor, outside: Optional[float] = None) -> Tensor:
+        """points [N,3] → sdf [N] (cells), linear in each tetrahedron of the undeformed lattice;
+        ``outside`` (default −sdf_clamp) beyond the lattice box.
 
         Deformation is left out here, an error of at most ``deformation_scale`` cells per axis.
         """
+        outside = -self.cfg.sdf_clamp if outside is None else outside
         return mt.piecewise_linear(self.effective_sdf(), points.to(self.sdf.device), self.resolution,
-                                   self.origin, self.cell, outside=-self.cfg.sdf_clamp)
+                                   self.origin, self.cell, outside=outside)
 
     def density(self, points: Tensor) -> Tensor:
-        """points [N,3] → DENSITY_SCALE · sigmoid(sdf) [N]: positive inside, the level set at half scale."""
-        return DENSITY_SCALE * torch.sigmoid(self.sdf_at(points))
+        """points [N,3] → DENSITY_SCALE · sigmoid(DENSITY_SHARPNESS · sdf) [N]: the level set at half scale."""
+        return DENSITY_SCALE * torch.sigmoid(DENSITY_SHARPNESS * self.sdf_at(points, outside=float("-inf")))
 
     def isosurface_threshold(self) -> float:
         return DENSITY_SCALE / 2.0

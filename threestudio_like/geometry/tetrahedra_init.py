@@ -121,14 +121,19 @@ def albedo_rows(source: nn.Module) -> Optional[slice]:
 def copy_color_field(grid: "TetrahedraSDFGrid", source: nn.Module) -> bool:
     """Copy source's hash grid + MLP into grid when they have the same shape; True when copied."""
     rows = albedo_rows(source)
-    if rows is None or float(getattr(source, "radius", -1)) != grid.radius or source.encoding.cfg != grid.encoding.cfg:
+    if rows is None:
         return False
     mine = [m for m in grid.network if isinstance(m, nn.Linear)]
     theirs = [m for m in source.network if isinstance(m, nn.Linear)]
-    if len(mine) != len(theirs):
-        return False
     weights = [t.weight for t in theirs[:-1]] + [theirs[-1].weight[rows]]
-    if any(w.shape != m.weight.shape for w, m in zip(weights, mine)):
+    differs = [f"{key}: {theirs_value} here {mine_value}" for key, theirs_value, mine_value in (
+        ("radius", float(source.radius), grid.radius),
+        ("pos_encoding", source.encoding.cfg, grid.encoding.cfg),
+        ("mlp layer shapes", [tuple(w.shape) for w in weights], [tuple(m.weight.shape) for m in mine]),
+    ) if theirs_value != mine_value]
+    if differs:
+        log.warning("the colour field of %s is not copied (set system.geometry as in the source run): %s; "
+                    "fitting it to its colours instead", type(source).__name__, "; ".join(differs))
         return False
     with torch.no_grad():
         grid.encoding.load_state_dict(source.encoding.state_dict())
