@@ -33,7 +33,7 @@ from torch import Tensor
 from threestudio_like.config import check_choice
 
 BACKENDS = ("auto", "torch", "nvdiffrast")
-NEAR, FAR = 0.01, 100.0  # objects sit within a unit ball, cameras ~1–4 away: z/w keeps ~1e-5 resolution
+NEAR, FAR = 0.1, 100.0  # threestudio's near plane; cameras sit 1–4 from objects within a unit ball
 _CONTEXTS: dict[Any, Any] = {}
 
 
