@@ -9,6 +9,7 @@ import torch
 import trimesh
 
 from threestudio_like.data.cameras import make_cameras
+from threestudio_like.export.texture import surface_points
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.mesh import Mesh
 from threestudio_like.registry import lookup
@@ -225,6 +226,39 @@ def test_opposite_vertices_of_a_tetrahedron_and_an_open_square():
             assert opposite[f, i].item() == ({0, 1, 2, 3} - set(tet[f].tolist())).pop()
     _, faces = square()
     assert opposite_vertices(faces).tolist() == [[-1, 3, -1], [-1, -1, 1]]
+
+
+def area(p, q, r):
+    """Signed area ×2 of the 2D triangles (p, q, r), broadcasting over leading axes."""
+    return (q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (r[..., 0] - p[..., 0]) * (q[..., 1] - p[..., 1])
+
+
+def test_uv_baking_in_bands_matches_one_pass_and_the_triangles_own_points():
+    # texels of a UV layout: rasterized in bands of 7 rows or all at once, each texel's 3D point is the
+    # barycentric mix of its triangle's corners at the texel centre (transcribed here in 2D)
+    uv = torch.tensor([[0.103, 0.117], [0.913, 0.207], [0.291, 0.823], [0.947, 0.951]])  # no edge through a texel centre
+    faces = torch.tensor([[0, 1, 2], [1, 3, 2]])
+    corners = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    whole = surface_points(uv, faces, corners, 32)
+    banded = surface_points(uv, faces, corners, 32, band_texels=32 * 7)
+    assert torch.equal(whole[0], banded[0]) and torch.allclose(whole[1], banded[1], atol=1e-5)
+    texel = whole[0]
+    every = torch.arange(32 * 32)
+    centre = torch.stack([(every % 32 + 0.5) / 32, 1 - (every // 32 + 0.5) / 32], -1)  # (u, v) of each texel
+    found = torch.zeros(32 * 32, dtype=torch.bool)
+    found[texel] = True
+    point = torch.zeros(32 * 32, 3)
+    point[texel] = whole[1]
+    inside_any, near_edge = torch.zeros_like(found), torch.zeros_like(found)
+    for f in range(2):
+        a, b, c = uv[faces[f]]
+        w = torch.stack([area(centre, b, c), area(a, centre, c), area(a, b, centre)], -1) / area(a, b, c)
+        inside = (w > 1e-4).all(-1)
+        near_edge |= (w.abs() <= 1e-4).any(-1)
+        inside_any |= inside
+        assert inside.sum() > 50
+        assert torch.allclose(point[inside], w[inside] @ corners[faces[f]], atol=1e-5)
+    assert torch.equal(found[~near_edge], inside_any[~near_edge])
 
 
 # --- the renderer --------------------------------------------------------------------------------

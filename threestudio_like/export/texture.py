@@ -69,10 +69,29 @@ def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, paddin
     return vmapping.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float32)
 
 
-def uv_clip_positions(uv: Tensor) -> Tensor:
-    """UVs [V,2] → clip positions [1,V,4] whose rasterization at T×T pixels is the texture image:
-    texel column c holds u = (c + ½)/T, row r (from the top) holds v = 1 − (r + ½)/T."""
-    return torch.stack([2 * uv[:, 0] - 1, 1 - 2 * uv[:, 1], torch.zeros_like(uv[:, 0]), torch.ones_like(uv[:, 0])], -1)[None]
+def uv_clip_positions(uv: Tensor, size: int, first_row: int = 0, rows: int | None = None) -> Tensor:
+    """UVs [V,2] → clip positions [1,V,4] whose rasterization at ``rows`` × ``size`` pixels is the
+    band of the size² texture image starting at ``first_row`` (all of it by default): texel column c
+    holds u = (c + ½)/T, row r (from the top) holds v = 1 − (r + ½)/T."""
+    rows = size if rows is None else rows
+    y = (2 - 2 * uv[:, 1]) * size / rows - 2 * first_row / rows - 1  # the band's rows span NDC [−1, 1]
+    return torch.stack([2 * uv[:, 0] - 1, y, torch.zeros_like(y), torch.ones_like(y)], -1)[None]
+
+
+def surface_points(uv: Tensor, faces: Tensor, vertices: Tensor, size: int,
+                   band_texels: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """The texels of a size² image whose centres a UV triangle covers, and their 3D points: uv [V,2],
+    faces [F,3], vertices [V,3] → (texel [K] flat index r·size + c, points [K,3]). Rasterized in bands
+    of about ``band_texels`` so that large textures stay within memory."""
+    rows = max(1, min(size, band_texels // size))
+    texels, points = [], []
+    for first_row in range(0, size, rows):
+        band = min(rows, size - first_row)
+        rast = rasterize(uv_clip_positions(uv, size, first_row, band), faces, band, size, backend="torch")
+        inside = torch.nonzero(rast[0, ..., 3].reshape(-1) > 0)[:, 0]
+        texels.append(inside + first_row * size)
+        points.append(interpolate(vertices, rast, faces, backend="torch").view(-1, 3)[inside])
+    return torch.cat(texels), torch.cat(points)
 
 
 def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
@@ -110,11 +129,9 @@ def bake_texture(
     vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding)
     vertices = np.asarray(mesh.vertices)[vmapping]
     size = int(texture_size)
-    tri = torch.as_tensor(faces)
-    rast = rasterize(uv_clip_positions(torch.as_tensor(uv)), tri, size, size, backend="torch")
-    points = interpolate(torch.as_tensor(vertices, dtype=torch.float32), rast, tri, backend="torch").view(-1, 3)
-    texel = torch.nonzero(rast[0, ..., 3].reshape(-1) > 0)[:, 0]  # the 3D point of each covered texel centre
-    colors = query_color(geometry, points[texel].numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
+    corners = torch.as_tensor(vertices, dtype=torch.float32)
+    texel, points = surface_points(torch.as_tensor(uv), torch.as_tensor(faces), corners, size)
+    colors = query_color(geometry, points.numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
     image = torch.zeros(size * size, 3)
     covered = torch.zeros(size * size, dtype=torch.bool)
     image[texel] = torch.as_tensor(colors)
