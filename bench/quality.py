@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import sys
@@ -48,6 +47,7 @@ from bench import quality_report as report  # noqa: E402
 from bench.quality_measures import HeldOut, evaluate, gradient_stats, held_out_views, stability  # noqa: E402
 from threestudio_like.cli import build, seed_everything  # noqa: E402
 from threestudio_like.config import ConfigError, load_config, to_yaml  # noqa: E402
+from threestudio_like.utils.atomic import write_text  # noqa: E402
 
 DEFAULT_SCENES = ("a red ball", "a blue cube", "a red ball on a blue box", "a green torus next to a yellow cone", "a house", "a mug")
 METHODS = ("sds", "vsd", "asd", "esd", "csm")
@@ -183,12 +183,6 @@ def fresh_folder(folder: Path) -> None:
             raise SystemExit(f"error: {folder} exists and is not a run folder; pick another --out")
         shutil.rmtree(folder)
     (folder / "configs").mkdir(parents=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def run_job(job: Job, args: argparse.Namespace, shared: Shared, command: str) -> dict:

@@ -32,6 +32,7 @@ from threestudio_like.config import ConfigError, ExperimentConfig, load_config
 from threestudio_like.data.cameras import Cameras, orbit_cameras
 from threestudio_like.systems.checkpoint import load_checkpoint
 from threestudio_like.systems.visualize import to_uint8, write_image, write_video
+from threestudio_like.utils.atomic import write_text
 
 LABEL_KEYS = ("name", "system.guidance_type", "system.geometry_type", "system.prompt_processor.prompt", "seed")
 LABEL_HEIGHT = 16
@@ -324,9 +325,7 @@ def compare(args: argparse.Namespace) -> dict[str, Path]:
         "grid": write_image(out / "compare.png", grid_image(renders, labels, min(args.grid_views, args.frames))),
     }
     table = out / "compare.md"
-    tmp = table.with_name(f".{table.name}.tmp{os.getpid()}")
-    tmp.write_text(report_markdown(runs))
-    os.replace(tmp, table)
+    write_text(table, report_markdown(runs))
     paths["table"] = table
     curves = write_curves(runs, out / "curves.png")
     if curves is not None:

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from threestudio_like.utils.atomic import atomic_path
+
 
 def read_csv_columns(path: str | os.PathLike) -> dict[str, list[float]]:
     """The numeric columns of a CSV with a header (metrics.csv, curve.csv); blanks and text → nan."""
@@ -74,10 +76,11 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[dict], title: str = ""
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

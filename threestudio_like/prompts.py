@@ -15,6 +15,7 @@ from typing import Callable, List
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.utils.atomic import atomic_path
 
 VIEW_SUFFIXES = {"front": "front view", "side": "side view", "back": "back view", "overhead": "overhead view"}
 
@@ -109,9 +110,7 @@ class EmbeddingCache:
         else:
             self.misses += 1
             value = compute(text).detach().cpu().contiguous()
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"embedding": value}, str(tmp), metadata={"model": model_id, "text": text})
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp:
+                save_file({"embedding": value}, str(tmp), metadata={"model": model_id, "text": text})
         self._memory[str(path)] = value
         return value

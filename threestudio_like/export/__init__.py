@@ -29,6 +29,7 @@ from threestudio_like.export.isosurface import (
 from threestudio_like.export.preview import load_export, render_mesh
 from threestudio_like.export.texture import bake_texture, vertex_colors
 from threestudio_like.export.writers import to_view_frame, write_glb, write_json, write_obj
+from threestudio_like.utils.atomic import TEMP_PREFIX, current_umask
 
 __all__ = [
     "ExportConfig", "ExportError", "export_geometry", "extract_mesh", "colour_mesh", "free_directory",
@@ -141,8 +142,8 @@ def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportC
     in_file, matrix = to_view_frame(coloured, cfg.y_up, cfg.unit_box)
     target = free_directory(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
+    tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=f"-{target.name}", dir=target.parent))
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
         files = write_obj(in_file, tmp, vertex_colors=extra_colors)
         files.update(write_glb(in_file, tmp))
@@ -165,12 +166,6 @@ def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportC
     paths = {key: target / path.name for key, path in files.items()}
     paths["dir"] = target
     return paths
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _move_into_place(tmp: Path, target: Path, out_dir: Path) -> Path:

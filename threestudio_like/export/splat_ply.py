@@ -18,6 +18,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from threestudio_like.utils.atomic import write_bytes
+
 SH_C0 = 0.28209479177387814
 _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
               "char": "i1", "int8": "i1", "short": "<i2", "ushort": "<u2", "int": "<i4", "uint": "<u4"}
@@ -55,14 +57,7 @@ def write_splat_ply(geometry, path: str | os.PathLike, sh_degree: Optional[int] 
     data = np.ascontiguousarray(np.concatenate(columns, axis=1).astype("<f4"))
     header = "\n".join(["ply", "format binary_little_endian 1.0", f"element vertex {n}"]
                        + [f"property float {name}" for name in names] + ["end_header"]) + "\n"
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(data.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, header.encode("ascii") + data.tobytes())
 
 
 def _read_header(f, where: str) -> tuple[int, list[tuple[str, str]]]:

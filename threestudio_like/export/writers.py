@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,6 +17,7 @@ import numpy as np
 import trimesh
 
 from threestudio_like.export.texture import texture_image
+from threestudio_like.utils.atomic import write_bytes
 
 # rows: file axes X, Y, Z in world coordinates
 WORLD_TO_Y_UP = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
@@ -32,18 +32,6 @@ d 1.0
 illum 1
 map_Kd {texture}
 """
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file beside it and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def view_frame_matrix(vertices: np.ndarray, y_up: bool = True, unit_box: bool = True) -> np.ndarray:
@@ -103,11 +91,11 @@ def write_obj(mesh: trimesh.Trimesh, directory: Path, name: str = "model", textu
         body += _rows("f %d/%d/%d %d/%d/%d %d/%d/%d", np.repeat(faces, 3, axis=1))
         png = io.BytesIO()
         image.convert("RGB").save(png, format="PNG")
-        files["texture"] = write_atomic(directory / texture_name, png.getvalue())
-        files["mtl"] = write_atomic(directory / f"{name}.mtl", MTL_TEMPLATE.format(obj=f"{name}.obj", texture=texture_name).encode())
+        files["texture"] = write_bytes(directory / texture_name, png.getvalue())
+        files["mtl"] = write_bytes(directory / f"{name}.mtl", MTL_TEMPLATE.format(obj=f"{name}.obj", texture=texture_name).encode())
     else:
         body += _rows("f %d//%d %d//%d %d//%d", np.repeat(faces, 2, axis=1))
-    files["obj"] = write_atomic(directory / f"{name}.obj", (header + body).encode())
+    files["obj"] = write_bytes(directory / f"{name}.obj", (header + body).encode())
     return files
 
 
@@ -115,9 +103,9 @@ def write_glb(mesh: trimesh.Trimesh, directory: Path, name: str = "model") -> di
     """``name.glb``: a textured mesh's image embedded as the PBR base colour (metallic 0, roughness 1);
     a vertex-coloured mesh's colours as COLOR_0. Returns {"glb": path}."""
     glb = trimesh.exchange.gltf.export_glb(trimesh.Scene({name: mesh}), include_normals=True)
-    return {"glb": write_atomic(Path(directory) / f"{name}.glb", glb)}
+    return {"glb": write_bytes(Path(directory) / f"{name}.glb", glb)}
 
 
 def write_json(directory: Path, info: dict[str, Any], name: str = "export.json") -> dict[str, Path]:
     """Export metadata (threshold, counts, world → file matrix…) as JSON. Returns {"json": path}."""
-    return {"json": write_atomic(Path(directory) / name, (json.dumps(info, indent=2) + "\n").encode())}
+    return {"json": write_bytes(Path(directory) / name, (json.dumps(info, indent=2) + "\n").encode())}

@@ -16,6 +16,7 @@ from threestudio_like.config import TrainerConfig
 from threestudio_like.systems import visualize
 from threestudio_like.systems.checkpoint import load_checkpoint, save_checkpoint
 from threestudio_like.systems.quality import evaluate_quality
+from threestudio_like.utils.atomic import write_text
 
 
 class MetricsLog:
@@ -130,7 +131,4 @@ class Trainer:
             return None
         result["step"] = self.step
         path = self.run_dir / "quality.json"
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_text(path, json.dumps(result, indent=2) + "\n")

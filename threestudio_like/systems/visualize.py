@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from threestudio_like.utils.atomic import atomic_path
+
 
 def to_uint8(image: Tensor) -> np.ndarray:
     """[...,H,W,C] float in [0,1] → uint8 numpy (C=1 is expanded to 3)."""
@@ -41,10 +43,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> Path:
     import imageio.v3 as iio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
-    iio.imwrite(tmp, image, extension=path.suffix)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        iio.imwrite(tmp, image, extension=path.suffix)
     return path
 
 
@@ -53,11 +53,10 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int 
     import imageio.v2 as imageio
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp{os.getpid()}-{path.name}")
     # macro_block_size 1 keeps small frames at their size; even sizes keep yuv420p happy
-    with imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, quality=8) as writer:
+    with atomic_path(path) as tmp, imageio.get_writer(
+        tmp, format="FFMPEG", fps=fps, codec="libx264", pixelformat="yuv420p", macro_block_size=1, quality=8
+    ) as writer:
         for frame in frames:
             writer.append_data(frame)
-    os.replace(tmp, path)
     return path
