@@ -208,7 +208,7 @@ def run_job(job: Job, args: argparse.Namespace, shared: Shared, command: str) ->
         "resolution": args.resolution, "asymmetric": bool(scene.asymmetric), **recorder.curve[-1],
         "chamfer": quality.get("chamfer", float("nan")), **stability(recorder.curve, folder / "metrics.csv"),
         **gradient, "wall_s": wall, "it_per_s": args.steps / max(recorder.step_seconds, 1e-9),
-        "skipped_steps": int(getattr(system.guidance, "skipped_steps", 0)) if job.method != CEILING else 0,
+        "skipped_steps": int(system.skipped_steps) if job.method != CEILING else 0,
         "run_dir": str(folder), "command": command,
     }
     row.pop("step")

@@ -1,6 +1,7 @@
 """The NeRF pipeline end to end, as a user drives it: train, files, quality, resume, export."""
 import csv
 import json
+import signal
 
 import imageio.v3 as iio
 import pytest
@@ -11,6 +12,7 @@ from threestudio_like.cli import build, main, seed_everything
 from threestudio_like.config import load_config
 from threestudio_like.systems.checkpoint import load_checkpoint
 from threestudio_like.systems.quality import held_out_cameras, image_quality
+from threestudio_like.utils.stop import RunStopped
 
 SMALL = [
     "trainer.progress_bar=false", "data.n_test_views=4", "data.eval_width=32", "data.eval_height=32",
@@ -128,10 +130,12 @@ def test_ctrl_c_saves_a_checkpoint_before_exiting(root, tmp_path):
 
     def interrupted_at_5(step, max_steps):
         if step == 5:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, delivered in the middle of step 5
         return real_step(step, max_steps)
 
     system.training_step = interrupted_at_5
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(RunStopped) as stopped:
         trainer.fit()
-    assert load_checkpoint(trainer.ckpt_path)["step"] == 5
+    # step 5 finishes, then the checkpoint is written at that step boundary
+    assert stopped.value.exit_code == 130 and "SIGINT at step 6" in str(stopped.value)
+    assert load_checkpoint(trainer.ckpt_path)["step"] == 6

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import datetime
+import dataclasses
 import random
-import re
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -14,6 +14,10 @@ import torch
 
 from threestudio_like.config import ConfigError, ExperimentConfig, load_config, to_yaml
 from threestudio_like.registry import lookup
+from threestudio_like.systems import run_folder
+from threestudio_like.utils.atomic import WriteError
+from threestudio_like.utils.checks import shorten
+from threestudio_like.utils.stop import RunStopped, Terminated, exit_code, in_main_thread, raise_terminated
 
 
 class UserError(Exception):
@@ -50,17 +54,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_dir_for(cfg: ExperimentConfig) -> Path:
-    """``outputs/<name>/<tag>@<timestamp>``, or the folder of the checkpoint being resumed."""
-    if cfg.resume:
-        ckpt = Path(cfg.resume)
-        if ckpt.parent.name == "ckpts" and (ckpt.parent.parent / "configs").is_dir():
-            return ckpt.parent.parent
+def run_tag(cfg: ExperimentConfig) -> str:
     prompt = getattr(getattr(cfg.system, "prompt_processor", None), "prompt", "")
-    tag = cfg.tag or re.sub(r"[^A-Za-z0-9_-]+", "_", prompt).strip("_")[:80] or "run"
-    if cfg.use_timestamp:
-        tag += "@" + datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path(cfg.exp_root_dir) / cfg.name / tag
+    return run_folder.default_tag(cfg.tag, prompt)
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    """Where --validate/--test/--export write: the folder of the checkpoint (or a new name for a
+    loose one). Training claims its folder with :func:`run_folder.claim` instead."""
+    return run_folder.checkpoint_run_dir(cfg.resume) or Path(cfg.exp_root_dir) / cfg.name / run_tag(cfg)
+
+
+def one_line(error: BaseException) -> str:
+    """An error as the single line the user sees, long values (a 10 000-character prompt) shortened."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return shorten(lines[0], 400)
 
 
 def build(cfg: ExperimentConfig, device: torch.device):
@@ -79,45 +87,66 @@ def build(cfg: ExperimentConfig, device: torch.device):
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args, overrides = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, raise_terminated) if in_main_thread() else None
+    lock = None
     try:
-        cfg = load_config(args.config, overrides)
-        if not args.train and not cfg.resume:
-            raise UserError("--validate/--test/--export need a checkpoint: add resume=outputs/<run>/ckpts/last.ckpt")
-        if cfg.resume and not Path(cfg.resume).is_file():
-            raise UserError(f"resume={cfg.resume!r} does not exist; pass a checkpoint such as outputs/<run>/ckpts/last.ckpt")
-        device = choose_device(args.gpu)
-        if device.type == "cpu" and cfg.cpu_threads > 0:
-            torch.set_num_threads(cfg.cpu_threads)
-        seed_everything(cfg.seed)
-        system, trainer_cls = build(cfg, device)
-        run_dir = run_dir_for(cfg)
-        trainer = trainer_cls(system, cfg.trainer, run_dir)
-        if cfg.resume:
-            trainer.resume(cfg.resume, with_optimizers=args.train)
+        cfg, trainer = start(args, overrides)
+        if args.train:  # nothing is written before the config, the parts and the checkpoint all fit
+            trainer.run_dir, lock = run_folder.claim(cfg.exp_root_dir, cfg.name, run_tag(cfg), cfg.use_timestamp, cfg.resume)
+            config_text = to_yaml(dataclasses.replace(cfg, resume=None))
+            trainer.config_file = run_folder.record_config(trainer.run_dir, config_text, trainer.step, trainer.resumed_config_file)
+            if getattr(trainer.system, "converted_from", None):
+                from threestudio_like.systems.convert import write_record
+
+                write_record(trainer.run_dir, trainer.system.converted_from)
+        return run(args, trainer)
     except (ConfigError, UserError, ValueError, FileNotFoundError) as error:
         # a mistake in what the user asked for: one line, no traceback
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    return run(args, cfg, trainer, run_dir)
+    except KeyboardInterrupt:
+        print("error: interrupted (SIGINT) before training started; nothing was written", file=sys.stderr)
+        return exit_code(signal.SIGINT)
+    except Terminated as stop:
+        print(f"error: stopped by {stop} before training started; nothing was written", file=sys.stderr)
+        return exit_code(stop.signum)
+    finally:
+        if lock is not None:
+            lock.release()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def run(args: argparse.Namespace, cfg: ExperimentConfig, trainer, run_dir: Path) -> int:
+def start(args: argparse.Namespace, overrides: Sequence[str]):
+    """The checked config and a trainer with its system built (and, unless training, its checkpoint loaded)."""
+    cfg = load_config(args.config, overrides)
+    if not args.train and not cfg.resume:
+        raise UserError("--validate/--test/--export need a checkpoint: add resume=outputs/<run>/ckpts/last.ckpt")
+    if cfg.resume and not Path(cfg.resume).is_file():
+        raise UserError(f"resume={cfg.resume!r} does not exist; pass a checkpoint such as outputs/<run>/ckpts/last.ckpt")
+    device = choose_device(args.gpu)
+    if device.type == "cpu" and cfg.cpu_threads > 0:
+        torch.set_num_threads(cfg.cpu_threads)
+    seed_everything(cfg.seed)
+    system, trainer_cls = build(cfg, device)
+    trainer = trainer_cls(system, cfg.trainer, run_dir_for(cfg))
+    if cfg.resume:
+        trainer.resume(cfg.resume, with_optimizers=args.train)
+    return cfg, trainer
+
+
+def run(args: argparse.Namespace, trainer) -> int:
+    """Train and/or write the outputs; a signal or a failed write ends it with one line."""
     from threestudio_like.export import ExportError
 
-    (run_dir / "configs").mkdir(parents=True, exist_ok=True)
-    if args.train:
-        (run_dir / "configs" / "parsed.yaml").write_text(to_yaml(cfg))
-        if getattr(trainer.system, "converted_from", None):
-            from threestudio_like.systems.convert import write_record
-
-            write_record(run_dir, trainer.system.converted_from)
-    print(f"run folder: {run_dir}")
+    cfg = trainer.cfg
+    print(f"run folder: {trainer.run_dir}")
     try:
         if args.train:
             trainer.fit()
-            if cfg.trainer.test_at_end:
+            if cfg.test_at_end:
                 print(f"turntable: {trainer.test()}")
-            if cfg.trainer.export_at_end:
+            if cfg.export_at_end:
                 report_export(trainer.export())
             quality = trainer.quality()
             if quality is not None:
@@ -128,11 +157,19 @@ def run(args: argparse.Namespace, cfg: ExperimentConfig, trainer, run_dir: Path)
             print(f"turntable: {trainer.test()}")
         elif args.export:
             report_export(trainer.export())
-    except ExportError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ExportError, ConfigError) as error:
+        print(f"error: {one_line(error)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        return 130
+    except RunStopped as stop:
+        print(f"\n{'stopped' if stop.exit_code > 128 else 'error'}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except WriteError as error:
+        print(f"error: {one_line(error)}; {trainer.kept_checkpoint()}", file=sys.stderr)
+        return 1
+    except (KeyboardInterrupt, Terminated) as stop:
+        name = "SIGINT" if isinstance(stop, KeyboardInterrupt) else str(stop)
+        print(f"\nstopped: {name} after training; {trainer.kept_checkpoint()}", file=sys.stderr)
+        return exit_code(getattr(stop, "signum", signal.SIGINT))
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
@@ -23,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from threestudio_like import registry
+from threestudio_like.utils.checks import BadValue, check_at_least, check_between, check_file_name, shorten
 
 T = TypeVar("T")
 
@@ -40,12 +42,16 @@ def check_choice(value: Any, choices: Sequence[Any], key: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # Reading YAML
 # --------------------------------------------------------------------------------------------------
-def load_yaml(path: str | os.PathLike) -> DictConfig:
+def load_yaml(path: str | os.PathLike, chain: tuple[Path, ...] = ()) -> DictConfig:
     """Read a YAML config, merging the file(s) named by its ``extends:`` key underneath it.
 
-    ``extends`` is a path (or list of paths) relative to the file that names it.
+    ``extends`` is a path (or list of paths) relative to the file that names it; ``chain`` holds the
+    files that extend this one, so that a cycle is reported as one (not as a recursion error).
     """
     path = Path(path)
+    if path.resolve() in chain:
+        cycle = " → ".join(str(p) for p in (*chain[chain.index(path.resolve()):], path.resolve()))
+        raise ConfigError(f"config files extend each other in a cycle: {cycle}; remove one of these extends:")
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass an existing YAML, e.g. configs/sds-nerf.yaml")
     try:
@@ -60,7 +66,7 @@ def load_yaml(path: str | os.PathLike) -> DictConfig:
     parents = [parents] if isinstance(parents, str) else list(parents)
     merged = OmegaConf.create()
     for parent in parents:
-        merged = merge_layer(merged, load_yaml(path.parent / parent))
+        merged = merge_layer(merged, load_yaml(path.parent / parent, (*chain, path.resolve())))
     return merge_layer(merged, node)
 
 
@@ -128,12 +134,44 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         key = join_key(where, str(error.full_key))
         raise ConfigError(f"config error at {key!r}: {str(error).splitlines()[0]}") from None
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"config error at {where!r}: {str(error).splitlines()[0]}") from None
+        where = join_key(where, raised_in(schema, error))
+        if isinstance(error, BadValue):
+            raise ConfigError(f"config error: {join_key(where, str(error))}") from None
+        raise ConfigError(f"config error at {where!r}: {shorten(str(error).splitlines()[0], 300)}") from None
+
+
+def raised_in(schema: type, error: BaseException) -> str:
+    """The dotted path, inside ``schema``, of the nested Config whose ``__post_init__`` raised ``error``
+    (``exporter`` for an ExportConfig inside TextTo3DConfig); "" for ``schema`` itself or when unknown."""
+    tb, owner = error.__traceback__, None
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "__post_init__" and dataclasses.is_dataclass(frame.f_locals.get("self")):
+            owner = type(frame.f_locals["self"])
+        tb = tb.tb_next
+    return "" if owner is None else (dataclass_path(schema, owner) or "")
+
+
+def dataclass_path(schema: type, target: type, prefix: str = "") -> Optional[str]:
+    """Where dataclass ``target`` sits among ``schema``'s (nested) dataclass fields, breadth first."""
+    if schema is target:
+        return prefix
+    try:
+        hints = typing.get_type_hints(schema)
+    except Exception:  # a forward reference that cannot be resolved: search no deeper
+        return None
+    for f in dataclasses.fields(schema):
+        kind = hints.get(f.name)
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+            found = dataclass_path(kind, target, join_key(prefix, f.name))
+            if found is not None:
+                return found
+    return None
 
 
 def join_key(where: str, key: str) -> str:
     """``system`` + ``guidance`` → ``system.guidance`` (no leading dot at the top level)."""
-    return f"{where}.{key}" if where else key
+    return f"{where}.{key}" if where and key else where or key
 
 
 def resolve_typed(cfg: Any, where: str) -> Any:
@@ -180,6 +218,9 @@ class TrainerConfig:
     export_at_end: bool = True
     test_at_end: bool = True  # turntable video at the end of training
 
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "max_steps", "val_check_interval", "checkpoint_interval", "log_every_n_steps")
+
 
 @dataclass
 class ExperimentConfig:
@@ -197,6 +238,15 @@ class ExperimentConfig:
     # mid-sized ops on small machines (threads mostly wait on each other)
     cpu_threads: int = 1
     resume: Optional[str] = None  # a checkpoint to continue from (or to validate/test/export)
+
+    def __post_init__(self) -> None:
+        # the run folder is exp_root_dir/name/tag: neither part may lead out of exp_root_dir
+        check_file_name(self, "name")
+        check_file_name(self, "tag", allow_empty=True)
+        check_between(self, 0, 2**32 - 1, "seed")  # numpy's seed range
+        check_at_least(self, 0, "cpu_threads")
+        if not str(self.exp_root_dir).strip():
+            raise BadValue("exp_root_dir", self.exp_root_dir, "use a folder, e.g. outputs")
 
 
 def load_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:

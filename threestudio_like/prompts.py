@@ -16,6 +16,7 @@ from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
 from threestudio_like.utils.atomic import atomic_path
+from threestudio_like.utils.checks import check_between, check_length
 
 VIEW_SUFFIXES = {"front": "front view", "side": "side view", "back": "back view", "overhead": "overhead view"}
 
@@ -41,6 +42,9 @@ class PromptConfig:
     def __post_init__(self) -> None:
         if not self.prompt.strip():
             raise ValueError("prompt is empty; pass one, e.g. system.prompt_processor.prompt=\"a red ball on a blue box\"")
+        check_between(self, 0.0, 180.0, "front_threshold", "back_threshold")
+        check_between(self, -90.0, 90.0, "overhead_threshold")
+        check_length(self, 3, "perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
         if self.use_perp_neg and not self.view_dependent_prompting:
             raise ValueError("use_perp_neg=true needs view_dependent_prompting=true (its negatives are the view prompts)")
 

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import BadValue, check_above, check_at_least, check_between
 
 VIEW_LABELS = ("front", "side", "back", "overhead")
 
@@ -218,8 +219,13 @@ class RandomCameraConfig:
                 f"width={self.width!r}/height={self.height!r} need one entry per stage: "
                 f"{len(self.resolution_milestones) + 1} for resolution_milestones={list(self.resolution_milestones)}"
             )
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size={self.batch_size} must be at least 1")
+        check_at_least(self, 1, "width", "height", "batch_size", "eval_width", "eval_height", "n_val_views", "n_test_views")
+        check_at_least(self, 0, "resolution_milestones", "light_position_perturb")
+        if list(self.resolution_milestones) != sorted(self.resolution_milestones):
+            raise BadValue("resolution_milestones", list(self.resolution_milestones), "list the steps in increasing order")
+        check_above(self, 0.0, "camera_distance_range", "light_distance_range", "eval_camera_distance")
+        check_between(self, 1e-3, 179.0, "fovy_range", "eval_fovy")
+        check_between(self, -90.0, 90.0, "elevation_range", "eval_elevation")
 
 
 def _as_list(value: Any) -> list[int]:

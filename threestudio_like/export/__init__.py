@@ -30,6 +30,7 @@ from threestudio_like.export.preview import load_export, render_mesh
 from threestudio_like.export.texture import bake_texture, vertex_colors
 from threestudio_like.export.writers import to_view_frame, write_glb, write_json, write_obj
 from threestudio_like.utils.atomic import TEMP_PREFIX, current_umask
+from threestudio_like.utils.checks import check_at_least
 
 __all__ = [
     "ExportConfig", "ExportError", "export_geometry", "extract_mesh", "colour_mesh", "free_directory",
@@ -68,12 +69,8 @@ class ExportConfig:
             raise ValueError(f"min_component_fraction={self.min_component_fraction} must be in [0, 1]")
         if not 0.0 < self.auto_threshold_fraction < 1.0:
             raise ValueError(f"auto_threshold_fraction={self.auto_threshold_fraction} must be in (0, 1)")
-        for key in ("chunk_size",):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
-        for key in ("decimate_target_faces", "texture_padding", "texture_dilation"):
-            if getattr(self, key) < 0:
-                raise ValueError(f"{key}={getattr(self, key)} must be >= 0")
+        check_at_least(self, 1, "chunk_size")
+        check_at_least(self, 0, "decimate_target_faces", "texture_padding", "texture_dilation")
 
 
 def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:

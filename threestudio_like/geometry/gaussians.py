@@ -22,6 +22,7 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry import gaussian_densify as densify
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import check_above, check_at_least, check_between
 
 # Real spherical-harmonic constants (degrees 0–3), as used by 3DGS and Plenoxels.
 SH_C0 = 0.28209479177387814
@@ -246,8 +247,13 @@ class GaussianConfig:
             raise ValueError(f"geometry.init_from={self.init_from!r} is not a file; use 'random' or a PLY/OBJ point cloud or mesh")
         if self.init_from != "random" and Path(self.init_from).suffix.lower() not in (".ply", ".obj"):
             raise ValueError(f"geometry.init_from={self.init_from!r} has an unsupported format; use a .ply or .obj file")
-        if self.max_gaussians < 1 or self.init_num_points < 1:
-            raise ValueError("geometry.max_gaussians and geometry.init_num_points must be at least 1")
+        check_at_least(self, 1, "max_gaussians", "init_num_points", "densify_interval")
+        check_at_least(self, 0, "lr_position", "lr_position_final", "lr_color", "lr_color_rest", "lr_opacity", "lr_scale",
+                       "lr_rotation", "position_lr_steps", "densify_from_step", "densify_until_step", "opacity_reset_interval",
+                       "densify_grad_threshold", "prune_opacity_threshold", "prune_scale_threshold")
+        check_above(self, 0.0, "radius", "init_radius", "init_max_scale", "split_scale_threshold", "split_factor",
+                    "isosurface_threshold", "density_cutoff_sigma")
+        check_between(self, 0.0, 1.0, "init_color", "opacity_reset_value", "density_min_opacity")
 
 
 @register("geometry", "gaussian-splatting")

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
+from threestudio_like.utils.checks import check_at_least
 
 PRIMES = (1, 2654435761, 805459861)
 
@@ -51,8 +52,8 @@ class HashGridConfig:
             raise ValueError(
                 f"base_resolution={self.base_resolution} must be >= 1 and per_level_scale={self.per_level_scale} >= 1"
             )
-        if self.start_level < 1 or self.update_steps < 1:
-            raise ValueError(f"start_level={self.start_level} and update_steps={self.update_steps} must be >= 1")
+        check_at_least(self, 1, "start_level", "update_steps")
+        check_at_least(self, 0, "start_step")
 
 
 def level_resolutions(cfg: HashGridConfig) -> list[int]:

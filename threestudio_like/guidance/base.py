@@ -20,6 +20,7 @@ from threestudio_like.guidance import perp_neg
 from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.prompts import Prompt
 from threestudio_like.utils.schedules import check_schedule, schedule_value
+from threestudio_like.utils.checks import check_finite, check_schedule_between, check_schedules_ordered
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")
 TIME_SCHEDULES = ("random", "linear")
@@ -42,6 +43,10 @@ class GuidanceConfig:
         check_choice(self.time_schedule, TIME_SCHEDULES, "time_schedule")
         for key in ("min_step_percent", "max_step_percent", "grad_clip"):
             check_schedule(getattr(self, key), key)
+        check_finite(self, "guidance_scale")
+        check_schedule_between(self, 0.0, 1.0, "min_step_percent", "max_step_percent")
+        check_schedules_ordered(self, "min_step_percent", "max_step_percent")
+        check_schedule_between(self, 1e-12, float("inf"), "grad_clip")
 
 
 class ScoreDistillation(nn.Module):
@@ -119,6 +124,10 @@ class ScoreDistillation(nn.Module):
     def direction(self, x: Tensor, t: Tensor, cameras: Cameras, prompt: Prompt) -> Tensor:
         """The un-weighted gradient [B,C,h,w] on the (detached) latents x at timesteps t."""
         raise NotImplementedError
+
+    def loss_terms(self) -> tuple[str, ...]:
+        """The <term>s of the loss_<term> entries this method returns (what lambda_<term> may weigh)."""
+        return (self.name,)
 
     def extra_losses(self, x: Tensor, cameras: Cameras, prompt: Prompt) -> dict[str, Tensor]:
         """Losses of a method's own network (VSD/ESD), computed on detached latents."""

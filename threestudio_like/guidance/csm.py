@@ -16,6 +16,7 @@ from torch import Tensor
 from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
 from threestudio_like.utils.schedules import check_schedule, schedule_value
+from threestudio_like.utils.checks import check_schedule_between
 
 
 @dataclass
@@ -31,6 +32,7 @@ class CSMConfig(GuidanceConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_schedule(self.delta_t, "delta_t")
+        check_schedule_between(self, 0, float("inf"), "delta_t")
         if self.xs_delta_t < 1:
             raise ValueError(f"xs_delta_t={self.xs_delta_t} must be at least 1")
         if self.xs_inv_steps is not None and self.xs_inv_steps < 0:

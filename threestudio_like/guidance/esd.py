@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from threestudio_like.guidance.vsd import VSD, VSDConfig
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import check_between
 
 
 @dataclass
@@ -18,6 +19,7 @@ class ESDConfig(VSDConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_between(self, 0.0, 1.0, "lambda_entropy")
         if self.guidance_scale_lora != 1.0:
             raise ValueError(
                 f"guidance_scale_lora={self.guidance_scale_lora} is set by ESD itself (1 − lambda_entropy); set lambda_entropy instead"

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import check_at_least, check_between, check_finite
 
 
 @dataclass
@@ -43,6 +44,9 @@ class VSDConfig(GuidanceConfig):
             raise ValueError(f"lora_n_timestamp_samples={self.lora_n_timestamp_samples} must be at least 1")
         if not 0.0 <= self.camera_dropout <= 1.0:
             raise ValueError(f"camera_dropout={self.camera_dropout} must be in [0, 1]")
+        check_at_least(self, 0, "lora_eps", "lora_weight_decay")
+        check_between(self, 0.0, 0.999999, "lora_betas")
+        check_finite(self, "guidance_scale_lora")
 
 
 @register("guidance", "vsd")
@@ -93,6 +97,9 @@ class VSD(ScoreDistillation):
         noise = torch.randn_like(x)
         x_t = self.add_noise(x, noise, t)
         return self.cfg_eps(x_t, t, prompt, cameras, self.cfg.guidance_scale) - self.render_eps(x_t, t, cameras, prompt)
+
+    def loss_terms(self) -> tuple[str, ...]:
+        return (*super().loss_terms(), "lora")
 
     def extra_losses(self, x: Tensor, cameras, prompt) -> dict[str, Tensor]:
         """ε_φ's denoising loss on the detached renders x [B,C,h,w]: t' over the full range, fresh noise."""

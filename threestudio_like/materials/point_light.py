@@ -14,6 +14,7 @@ from torch import Tensor
 
 from threestudio_like.materials.base import Material
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import check_at_least, check_between
 
 
 @dataclass
@@ -25,6 +26,8 @@ class PointLightConfig:
     albedo_prob: float = 0.0  # after warm-up: chance of an unlit albedo render
 
     def __post_init__(self) -> None:
+        check_at_least(self, 0, "ambient_light_color", "diffuse_light_color", "ambient_only_steps")
+        check_between(self, 0.0, 1.0, "textureless_prob", "albedo_prob")
         if not 0.0 <= self.textureless_prob + self.albedo_prob <= 1.0:
             raise ValueError("textureless_prob + albedo_prob must lie in [0, 1]")
 

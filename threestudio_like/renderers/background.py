@@ -8,11 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.registry import register
+from threestudio_like.utils.checks import check_at_least, check_between, check_length
 
 
 @dataclass
 class SolidColorConfig:
     color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    def __post_init__(self) -> None:
+        check_length(self, 3, "color")
+        check_between(self, 0.0, 1.0, "color")
 
 
 @register("background", "solid-color")
@@ -31,6 +36,10 @@ class SolidColorBackground(nn.Module):
 @dataclass
 class RandomColorConfig:
     eval_color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+
+    def __post_init__(self) -> None:
+        check_length(self, 3, "eval_color")
+        check_between(self, 0.0, 1.0, "eval_color")
 
 
 @register("background", "random-color")
@@ -56,6 +65,11 @@ class EnvironmentMapConfig:
     n_frequencies: int = 4
     lr: float = 1e-3
     random_aug_prob: float = 0.5  # threestudio's: sometimes a random solid color while training
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "hidden_dim")
+        check_at_least(self, 0, "n_frequencies", "lr")
+        check_between(self, 0.0, 1.0, "random_aug_prob")
 
 
 @register("background", "neural-environment-map")

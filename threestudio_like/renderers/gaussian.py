@@ -21,6 +21,7 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry.gaussians import covariance_3d
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
+from threestudio_like.utils.checks import check_above, check_at_least, check_between
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 TRANSMITTANCE_MIN = 1e-4
@@ -43,8 +44,11 @@ class GaussianRendererConfig:
     def __post_init__(self) -> None:
         check_choice(self.backend, ("auto", "gsplat", "torch"), "renderer.backend")
         check_choice(self.torch_mode, ("sparse", "dense"), "renderer.torch_mode")
-        if self.chunk_size < 1:
-            raise ValueError(f"renderer.chunk_size={self.chunk_size} must be at least 1")
+        check_at_least(self, 1, "chunk_size")
+        check_above(self, 0.0, "near_plane", "max_alpha")
+        check_above(self, self.near_plane, "far_plane")
+        check_at_least(self, 0, "eps2d")
+        check_between(self, 0.0, 1.0, "max_alpha")
 
 
 # --------------------------------------------------------------------------------------------------

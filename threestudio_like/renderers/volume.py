@@ -32,6 +32,7 @@ from threestudio_like.data.cameras import Cameras
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.occupancy import OccupancyGrid
+from threestudio_like.utils.checks import check_at_least
 
 _NERFACC_CHOICES = {"auto": "auto", True: True, False: False, "true": True, "false": False}
 
@@ -55,9 +56,8 @@ class VolumeRendererConfig:
         if key not in _NERFACC_CHOICES:
             raise ValueError(f"use_nerfacc={self.use_nerfacc!r} is not accepted; use one of auto, true, false")
         self.use_nerfacc = _NERFACC_CHOICES[key]
-        for name in ("num_samples_per_ray", "eval_chunk_size", "grid_resolution", "grid_update_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        check_at_least(self, 1, "num_samples_per_ray", "eval_chunk_size", "grid_resolution", "grid_update_every")
+        check_at_least(self, 0, "grid_threshold", "grid_warmup_steps", "normal_min_weight")
         if not 0.0 <= self.grid_ema_decay <= 1.0:
             raise ValueError(f"grid_ema_decay={self.grid_ema_decay} must lie in [0, 1]")
 

@@ -100,8 +100,8 @@ def evaluate_quality(system, with_chamfer: bool = True, export_dir: Optional[Pat
         export_cfg = dataclasses.replace(system.cfg.exporter, isosurface_resolution=cfg.mesh_resolution)
         try:
             mesh = extract_mesh(system.geometry, export_cfg)
-            ours = torch.as_tensor(mesh.sample(cfg.n_surface_points), dtype=torch.float32)
-            truth = system.prior.scene(system.prompt.text).surface_points(cfg.n_surface_points)
+            ours = torch.as_tensor(mesh.sample(cfg.n_surface_points, seed=cfg.seed), dtype=torch.float32)
+            truth = system.prior.scene(system.prompt.text).surface_points(cfg.n_surface_points, seed=cfg.seed)
             result["chamfer"] = float(metrics.chamfer_distance(ours, torch.as_tensor(truth, dtype=torch.float32)))
         except ExportError:
             pass  # no surface yet: Chamfer stays NaN

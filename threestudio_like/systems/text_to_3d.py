@@ -5,6 +5,7 @@ step does; the training loop, logging and files live in ``systems/trainer.py``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -18,6 +19,7 @@ from threestudio_like.export import ExportConfig
 from threestudio_like.prompts import Prompt, PromptConfig
 from threestudio_like.registry import lookup, register
 from threestudio_like.utils.schedules import check_schedule, schedule_value
+from threestudio_like.utils.checks import BadValue, check_at_least, check_between, check_length, schedule_points
 
 REGULARIZERS = ("sparsity", "opaque", "orient", "normal_consistency", "laplacian_smoothness")
 MESH_REGULARIZERS = ("normal_consistency", "laplacian_smoothness")
@@ -34,6 +36,9 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.name, ("adam", "adamw"), "optimizer.name")
+        check_length(self, 2, "betas")
+        check_between(self, 0.0, 0.999999, "betas")
+        check_at_least(self, 0, "eps")
 
 
 @dataclass
@@ -44,6 +49,12 @@ class QualityConfig:
     mesh_resolution: int = 128  # marching-cubes resolution of the mesh used for Chamfer
     n_surface_points: int = 20000
     asset_resolution: int = 64  # held-out views of the exported asset (the same for every stage)
+    seed: int = 0  # of the surface sampling behind Chamfer (two identical runs report the same)
+
+    def __post_init__(self) -> None:
+        check_at_least(self, 1, "n_views", "n_surface_points")
+        check_between(self, 8, 2048, "mesh_resolution")
+        check_between(self, -90.0, 90.0, "elevation")
 
 
 @dataclass
@@ -78,6 +89,8 @@ class TextTo3DConfig:
             if not key.startswith("lambda_"):
                 raise ValueError(f"loss.{key}: loss weights are named lambda_<term>, e.g. lambda_sparsity")
             check_schedule(value, f"loss.{key}")
+            if not all(v >= 0 for v in schedule_points(value)):
+                raise BadValue(f"loss.{key}", value, "loss weights must be >= 0")
 
 
 def check_stage_references(cfg: TextTo3DConfig) -> None:
@@ -118,8 +131,9 @@ class TextTo3DSystem(nn.Module):
         self.guidance = build("guidance", cfg.guidance_type, cfg.guidance, prior).to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build_optimizers()
-        self.checked_loss_names = False
         self.converted_from: Optional[dict[str, Any]] = None  # set by systems/convert.py
+        self.check_loss_names(set(self.guidance.loss_terms()) | set(REGULARIZERS))
+        self.skipped_steps = 0  # steps whose loss or gradient was not finite (nothing was moved)
 
     # --- optimizers -----------------------------------------------------------------------
     def build_optimizers(self) -> None:
@@ -199,24 +213,34 @@ class TextTo3DSystem(nn.Module):
         out = self.render(cameras, shading=shading, training=True, with_normal=with_normal)
         terms = self.guidance(self.guidance_input(out, cameras), cameras, self.prompt)
         terms.update(self.regularizers(out, step))
-        self.check_loss_names(terms)
         total = sum(self.lambda_(key[5:], step) * value for key, value in terms.items() if key.startswith("loss_"))
         for optimizer in self.optimizers.values():
             optimizer.zero_grad(set_to_none=True)
         total.backward()
-        self.geometry.after_backward(out, step, self.optimizers["geometry"])
-        for optimizer in self.optimizers.values():
-            optimizer.step()
         logged = {key: float(value.detach()) for key, value in terms.items() if torch.is_tensor(value) and value.numel() == 1}
         logged["loss"] = float(total.detach())
+        if self.step_is_finite(logged):
+            self.geometry.after_backward(out, step, self.optimizers["geometry"])
+            for optimizer in self.optimizers.values():
+                optimizer.step()
+        else:
+            # nothing moves: no weights, no Adam moments or step counts, no densification statistics
+            self.skipped_steps += 1
+            for optimizer in self.optimizers.values():
+                optimizer.zero_grad(set_to_none=True)
+        logged["skipped"] = float(self.skipped_steps)
         return logged
 
-    def check_loss_names(self, terms: dict[str, Tensor]) -> None:
-        """A lambda_<x> that names no loss term is a typo: say so once, at the first step."""
-        if self.checked_loss_names:
-            return
-        self.checked_loss_names = True
-        produced = {key[5:] for key in terms if key.startswith("loss_")} | set(REGULARIZERS)
+    def step_is_finite(self, logged: dict[str, float]) -> bool:
+        """Every loss (inf counts as non-finite), the guidance's gradient norm (NaN when it declined
+        the step) and every parameter gradient are finite."""
+        if not all(math.isfinite(v) for k, v in logged.items() if k == "loss" or k.startswith("loss_") or k == "grad_norm"):
+            return False
+        grads = [p.grad for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"] if p.grad is not None]
+        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+
+    def check_loss_names(self, produced: set[str]) -> None:
+        """A lambda_<x> that names no loss term is a typo: say so at start-up."""
         for key in self.cfg.loss:
             if key[7:] not in produced:
                 known = ", ".join(f"lambda_{name}" for name in sorted(produced))

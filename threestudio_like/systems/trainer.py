@@ -1,8 +1,15 @@
 """The training loop and everything a run writes: progress, metrics.csv, validation grids,
-checkpoints (resumable, also on Ctrl-C), the turntable video, the mesh export and quality.json."""
+checkpoints (resumable, also on Ctrl-C and SIGTERM), the turntable video, the mesh export and
+quality.json.
+
+A run stops early, with one line and the last good checkpoint kept, when a signal arrives (see
+``utils/stop.py``), when a file cannot be written (disk full, read-only), when its weights turn
+non-finite, or when most of its steps had to be skipped for a non-finite loss or gradient.
+"""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import time
@@ -14,9 +21,13 @@ from tqdm import tqdm
 
 from threestudio_like.config import TrainerConfig
 from threestudio_like.systems import visualize
-from threestudio_like.systems.checkpoint import load_checkpoint, save_checkpoint
+from threestudio_like.systems.checkpoint import checkpoint_meta, load_checkpoint, load_into, save_checkpoint
 from threestudio_like.systems.quality import evaluate_quality
-from threestudio_like.utils.atomic import write_text
+from threestudio_like.utils.atomic import WriteError, describe, write_text
+from threestudio_like.utils.stop import DeferredSignals, RunStopped, exit_code
+
+# a run that skipped more than half of its steps (after at least this many) has diverged
+MIN_STEPS_BEFORE_GIVING_UP = 10
 
 
 class MetricsLog:
@@ -28,6 +39,22 @@ class MetricsLog:
         if path.is_file():
             with path.open() as f:
                 self.columns = next(csv.reader(f), None)
+
+    def keep_until(self, step: int) -> None:
+        """Drop the rows after ``step`` (those a resumed run is about to write again) and any torn
+        last line a crash left, so that the file holds each step once."""
+        if not self.path.is_file() or self.columns is None:
+            return
+        with self.path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+        kept = [r for r in rows if r.get("step", "").isdigit() and int(r["step"]) <= step and None not in r.values()]
+        if len(kept) == len(rows):
+            return
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=self.columns, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(kept)
+        write_text(self.path, buffer.getvalue())
 
     def write(self, row: dict[str, float]) -> None:
         new = self.columns is None
@@ -46,54 +73,104 @@ class Trainer:
     def __init__(self, system, cfg: TrainerConfig, run_dir: str | os.PathLike) -> None:
         self.system, self.cfg = system, cfg
         self.run_dir = Path(run_dir)
-        self.save_dir = self.run_dir / "save"
-        self.ckpt_path = self.run_dir / "ckpts" / "last.ckpt"
         self.step = 0
         self.last_export: Optional[Path] = None  # the export folder quality.json measures as the asset
+        self.saved_step: Optional[int] = None  # the step of the last checkpoint on disk
+        self.config_file: Optional[str] = None  # the run's config file that made the checkpoints
+        self.resumed_config_file: Optional[str] = None  # the one recorded in the resumed checkpoint
+
+    @property
+    def save_dir(self) -> Path:
+        return self.run_dir / "save"
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "ckpts" / "last.ckpt"
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self) -> Path:
+        """Checkpoint the current step boundary; refuses (RunStopped) to overwrite a good
+        checkpoint with non-finite weights."""
+        if not weights_are_finite(self.system):
+            raise RunStopped(
+                f"the weights turned non-finite by step {self.step} (learning rate too high?); training stopped; "
+                f"{self.kept_checkpoint()}", 1,
+            )
         state = self.system.state()
         state["step"] = self.step
         state["rng"] = torch.get_rng_state()
-        return save_checkpoint(state, self.ckpt_path)
+        state["counters"] = {"skipped_steps": int(self.system.skipped_steps)}
+        state["meta"] = checkpoint_meta(self.system, self.config_file)
+        path = save_checkpoint(state, self.ckpt_path)
+        self.saved_step = self.step
+        return path
+
+    def kept_checkpoint(self) -> str:
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"the last good checkpoint (step {self.saved_step}) is kept: resume={self.ckpt_path}"
 
     def resume(self, path: str | os.PathLike, with_optimizers: bool = True) -> None:
         state = load_checkpoint(path, map_location=self.system.device)
-        self.system.load_state(state, with_optimizers=with_optimizers)
-        self.step = int(state["step"])
+        load_into(self.system, state, path, with_optimizers=with_optimizers)
+        self.step = self.saved_step = int(state["step"])
+        self.system.skipped_steps = int(state.get("counters", {}).get("skipped_steps", 0))
+        self.resumed_config_file = state.get("meta", {}).get("config")
         if "rng" in state:
             torch.set_rng_state(state["rng"].cpu())
-        # schedules (progressive band, timestep annealing, resolution) follow the resumed step
-        self.system.update_step(self.step, self.cfg.max_steps)
+        if not with_optimizers:
+            # schedules (progressive band, timestep annealing, resolution) follow the resumed step;
+            # a training run's first step does this itself (doing it here too would refresh the
+            # occupancy grid twice at a multiple of grid_update_every and break exact resume)
+            self.system.update_step(self.step, self.cfg.max_steps)
 
     # --- the loop --------------------------------------------------------------------------------
     def fit(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        log = MetricsLog(self.run_dir / "metrics.csv")
+        """Train up to ``max_steps``; raises :class:`RunStopped` when the run ends early."""
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress_bar, dynamic_ncols=True, desc="train")
-        window_start, window_steps = time.perf_counter(), 0
         try:
-            while self.step < self.cfg.max_steps:
-                logged = self.system.training_step(self.step, self.cfg.max_steps)
-                self.step += 1
-                window_steps += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{logged['loss']:.4g}", t=f"{logged.get('t', float('nan')):.0f}", refresh=False)
-                if self.step % self.cfg.log_every_n_steps == 0 or self.step == self.cfg.max_steps:
-                    elapsed = time.perf_counter() - window_start
-                    log.write({"step": self.step, "it_per_s": window_steps / max(elapsed, 1e-9), **logged})
-                    window_start, window_steps = time.perf_counter(), 0
-                if self.step % self.cfg.val_check_interval == 0 or self.step == self.cfg.max_steps:
-                    self.validate()
-                if self.step % self.cfg.checkpoint_interval == 0 or self.step == self.cfg.max_steps:
-                    self.save()
-        except KeyboardInterrupt:
+            with DeferredSignals() as signals:
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                log = MetricsLog(self.run_dir / "metrics.csv")
+                log.keep_until(self.step)
+                self.loop(log, bar, signals)
+        except KeyboardInterrupt:  # a second signal, mid-step: that step cannot be saved
+            raise RunStopped(f"interrupted again at step {self.step}: the step in progress was dropped; {self.kept_checkpoint()}", 130) from None
+        except (WriteError, OSError) as error:
+            raise RunStopped(f"cannot write into {str(self.run_dir)!r} ({describe(error)}); training stopped at step {self.step}; "
+                             f"{self.kept_checkpoint()}", 1) from None
+        finally:
             bar.close()
-            path = self.save()
-            print(f"\ninterrupted at step {self.step}; checkpoint saved to {path} (resume={path})")
-            raise
-        bar.close()
+
+    def loop(self, log: MetricsLog, bar: tqdm, signals: DeferredSignals) -> None:
+        window_start, window_steps = time.perf_counter(), 0
+        while self.step < self.cfg.max_steps:
+            logged = self.system.training_step(self.step, self.cfg.max_steps)
+            self.step += 1
+            window_steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{logged['loss']:.4g}", t=f"{logged.get('t', float('nan')):.0f}", refresh=False)
+            if self.step % self.cfg.log_every_n_steps == 0 or self.step == self.cfg.max_steps:
+                elapsed = time.perf_counter() - window_start
+                log.write({"step": self.step, "it_per_s": window_steps / max(elapsed, 1e-9), **logged})
+                window_start, window_steps = time.perf_counter(), 0
+            self.check_progress()
+            if self.step % self.cfg.val_check_interval == 0 or self.step == self.cfg.max_steps:
+                self.validate()
+            if self.step % self.cfg.checkpoint_interval == 0 or self.step == self.cfg.max_steps:
+                self.save()
+            if signals.signum is not None:
+                path = self.save() if self.saved_step != self.step else self.ckpt_path
+                raise RunStopped(f"{signals.name} at step {self.step}: checkpoint saved, continue with resume={path}", exit_code(signals.signum))
+
+    def check_progress(self) -> None:
+        """Stop a run that skips most of its steps: it learns nothing, and would end 'successfully'."""
+        skipped = int(self.system.skipped_steps)
+        if self.step >= MIN_STEPS_BEFORE_GIVING_UP and skipped * 2 > self.step:
+            raise RunStopped(
+                f"{skipped} of {self.step} steps had a non-finite loss or gradient and were skipped (guidance_scale or a "
+                f"learning rate too large?); training stopped; {self.kept_checkpoint()}", 1,
+            )
 
     # --- outputs ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -132,3 +209,9 @@ class Trainer:
         result["step"] = self.step
         path = self.run_dir / "quality.json"
         return write_text(path, json.dumps(result, indent=2) + "\n")
+
+
+def weights_are_finite(system) -> bool:
+    """No NaN or inf among the trainable weights (geometry, background, the guidance's own network)."""
+    tensors = [p.detach() for opt in system.optimizers.values() for group in opt.param_groups for p in group["params"]]
+    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
