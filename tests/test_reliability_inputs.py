@@ -13,6 +13,7 @@ TINY = [
     "data.eval_height=16", "data.n_val_views=1", "data.n_test_views=2", "system.geometry.pos_encoding.log2_hashmap_size=12",
     "system.geometry.pos_encoding.n_levels=4", "system.geometry.pos_encoding.start_level=4",
     "system.renderer.num_samples_per_ray=16", "system.renderer.grid_resolution=16", "system.quality.enabled=false",
+    "system.prior.n_elevations=2", "system.prior.azimuth_step_deg=45",
     "trainer.export_at_end=false", "trainer.test_at_end=false", "trainer.val_check_interval=1000",
 ]
 
@@ -47,6 +48,7 @@ BAD = [
     # learning rates, weights, percentages, ordering
     (["system.geometry.lr_encoding=-0.01"], "system.geometry.lr_encoding"),
     (["system.geometry.lr_network=-1"], "system.geometry.lr_network"),
+    (["system.geometry.lr_network=1e38"], "system.geometry.lr_network"),
     (["system.loss.lambda_sds=-1"], "system.loss.lambda_sds"),
     (["system.guidance.min_step_percent=-0.1"], "system.guidance.min_step_percent"),
     (["system.guidance.max_step_percent=1.5"], "system.guidance.max_step_percent=1.5"),

@@ -22,7 +22,7 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry import gaussian_densify as densify
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.registry import register
-from threestudio_like.utils.checks import check_above, check_at_least, check_between
+from threestudio_like.utils.checks import check_above, check_at_least, check_between, check_learning_rates
 
 # Real spherical-harmonic constants (degrees 0–3), as used by 3DGS and Plenoxels.
 SH_C0 = 0.28209479177387814
@@ -248,8 +248,8 @@ class GaussianConfig:
         if self.init_from != "random" and Path(self.init_from).suffix.lower() not in (".ply", ".obj"):
             raise ValueError(f"geometry.init_from={self.init_from!r} has an unsupported format; use a .ply or .obj file")
         check_at_least(self, 1, "max_gaussians", "init_num_points", "densify_interval")
-        check_at_least(self, 0, "lr_position", "lr_position_final", "lr_color", "lr_color_rest", "lr_opacity", "lr_scale",
-                       "lr_rotation", "position_lr_steps", "densify_from_step", "densify_until_step", "opacity_reset_interval",
+        check_learning_rates(self, "lr_position", "lr_position_final", "lr_color", "lr_color_rest", "lr_opacity", "lr_scale", "lr_rotation")
+        check_at_least(self, 0, "position_lr_steps", "densify_from_step", "densify_until_step", "opacity_reset_interval",
                        "densify_grad_threshold", "prune_opacity_threshold", "prune_scale_threshold")
         check_above(self, 0.0, "radius", "init_radius", "init_max_scale", "split_scale_threshold", "split_factor",
                     "isosurface_threshold", "density_cutoff_sigma")

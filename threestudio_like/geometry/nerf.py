@@ -17,7 +17,7 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.registry import register
-from threestudio_like.utils.checks import check_above, check_at_least
+from threestudio_like.utils.checks import check_above, check_at_least, check_learning_rates
 
 
 @dataclass
@@ -47,7 +47,8 @@ class ImplicitVolumeConfig:
             )
         if self.mlp_neurons < 1 or self.mlp_hidden_layers < 0:
             raise ValueError(f"mlp_neurons={self.mlp_neurons} must be >= 1 and mlp_hidden_layers={self.mlp_hidden_layers} >= 0")
-        check_at_least(self, 0, "lr_encoding", "lr_network", "density_blob_scale")
+        check_at_least(self, 0, "density_blob_scale")
+        check_learning_rates(self, "lr_encoding", "lr_network")
         check_above(self, 0.0, "isosurface_threshold")
 
 

@@ -36,7 +36,7 @@ from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.geometry.mesh import Mesh, remove_small_components
 from threestudio_like.geometry.nerf import make_mlp
 from threestudio_like.registry import register
-from threestudio_like.utils.checks import check_at_least
+from threestudio_like.utils.checks import check_learning_rates
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class TetrahedraSDFGridConfig:
     color_fit_points: int = 16384
 
     def __post_init__(self) -> None:
-        check_at_least(self, 0, "lr_sdf", "lr_deformation", "lr_encoding", "lr_network")
+        check_learning_rates(self, "lr_sdf", "lr_deformation", "lr_encoding", "lr_network")
         if not 4 <= self.isosurface_resolution <= 512:
             raise ValueError(f"isosurface_resolution={self.isosurface_resolution} must be between 4 and 512")
         if self.radius <= 0 or not 0 < self.init_radius < self.radius:

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
-from threestudio_like.utils.checks import check_at_least, check_between, check_finite
+from threestudio_like.utils.checks import check_at_least, check_between, check_finite, check_learning_rates
 
 
 @dataclass
@@ -45,6 +45,7 @@ class VSDConfig(GuidanceConfig):
         if not 0.0 <= self.camera_dropout <= 1.0:
             raise ValueError(f"camera_dropout={self.camera_dropout} must be in [0, 1]")
         check_at_least(self, 0, "lora_eps", "lora_weight_decay")
+        check_learning_rates(self, "lora_lr")
         check_between(self, 0.0, 0.999999, "lora_betas")
         check_finite(self, "guidance_scale_lora")
 

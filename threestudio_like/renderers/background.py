@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.registry import register
-from threestudio_like.utils.checks import check_at_least, check_between, check_length
+from threestudio_like.utils.checks import check_at_least, check_between, check_learning_rates, check_length
 
 
 @dataclass
@@ -68,7 +68,8 @@ class EnvironmentMapConfig:
 
     def __post_init__(self) -> None:
         check_at_least(self, 1, "hidden_dim")
-        check_at_least(self, 0, "n_frequencies", "lr")
+        check_at_least(self, 0, "n_frequencies")
+        check_learning_rates(self, "lr")
         check_between(self, 0.0, 1.0, "random_aug_prob")
 
 

@@ -62,6 +62,16 @@ def check_between(cfg: Any, low: float, high: float, *keys: str) -> None:
             raise BadValue(key, value, f"use a number in [{low:g}, {high:g}]")
 
 
+# Adam divides the rate by 1 − β₁ᵗ (0.1 at the first step): far below float32's overflow, far above
+# any rate that trains anything
+MAX_LEARNING_RATE = 1e6
+
+
+def check_learning_rates(cfg: Any, *keys: str) -> None:
+    """Learning rates in [0, MAX_LEARNING_RATE] (a larger one overflows inside the optimizer)."""
+    check_between(cfg, 0.0, MAX_LEARNING_RATE, *keys)
+
+
 def check_finite(cfg: Any, *keys: str) -> None:
     for key in keys:
         value = getattr(cfg, key)
