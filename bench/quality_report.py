@@ -223,7 +223,7 @@ def write_report(rows: Sequence[dict], out: Path, doc: Optional[str] = None) -> 
     text = markdown(rows)
     paths = [write_csv(out / "quality.csv", rows)]
     md = out / "quality.md"
-    md.write_text(f"# Guidance benchmark against ground truth\n\n{text}")
+    write_text(md, f"# Guidance benchmark against ground truth\n\n{text}")
     paths.append(md)
     paths += write_plots(rows, out / "plots")
     if doc:

@@ -12,18 +12,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from threestudio_like.sweep.driver import format_duration
+from threestudio_like.utils.atomic import write_text
 
 STATUS_COLUMNS = ("state", "tries", "variant", "stage", "seed", "prompt", "wall", "step", "PSNR", "IoU", "run folder / error")
 TRUTH_COLUMNS = (("psnr", "PSNR (dB)", "{:.2f}"), ("iou", "IoU", "{:.3f}"), ("depth_error", "depth error", "{:.3f}"),
                  ("chamfer", "Chamfer", "{:.4f}"))
-
-
-def write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
 
 
 def number(value, fmt: str) -> str:

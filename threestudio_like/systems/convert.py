@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from threestudio_like.registry import lookup
+from threestudio_like.utils.atomic import write_text
 
 RECORD_NAME = "convert_from.json"
 HINT = "pass a finished run folder outputs/<name>/<run> or its ckpts/last.ckpt"
@@ -90,9 +91,4 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
 
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write convert_from.json into ``run_dir`` (temp file + rename)."""
-    path = Path(run_dir) / RECORD_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text(Path(run_dir) / RECORD_NAME, json.dumps(record, indent=2) + "\n")
