@@ -191,3 +191,24 @@ def test_full_disk_keeps_the_last_checkpoint_and_no_partial_file(straight, small
     code = main(train_args(root, small_disk, "full", f"resume={run_dir / 'ckpts/last.ckpt'}"))
     err = capsys.readouterr().err
     assert code == 2 and "Read-only file system" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_chamfer_is_the_same_for_the_same_run(root):
+    """quality.json's Chamfer samples both surfaces with a fixed seed: whatever the global RNGs did
+    before, the same weights give the same number."""
+    import numpy as np
+
+    from threestudio_like.cli import build, seed_everything
+    from threestudio_like.config import load_config
+    from threestudio_like.systems.quality import evaluate_quality
+
+    cfg = load_config(root / "configs/sds-nerf.yaml", [*TINY, "system.quality.enabled=true", "system.quality.mesh_resolution=32",
+                                                       "system.quality.n_surface_points=2000", "system.quality.n_views=1",
+                                                       "system.exporter.progress=false"])
+    seed_everything(cfg.seed)
+    system, _ = build(cfg, torch.device("cpu"))
+    first = evaluate_quality(system)["chamfer"]
+    np.random.seed(12345)
+    torch.manual_seed(12345)
+    second = evaluate_quality(system)["chamfer"]
+    assert first == first and first == second

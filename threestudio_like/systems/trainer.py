@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Optional
@@ -128,14 +129,16 @@ class Trainer:
     def fit(self) -> None:
         """Train up to ``max_steps``; raises :class:`RunStopped` when the run ends early."""
         bar = tqdm(total=self.cfg.max_steps, initial=self.step, disable=not self.cfg.progress_bar, dynamic_ncols=True, desc="train")
+        signals = DeferredSignals()
         try:
-            with DeferredSignals() as signals:
+            with signals:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 log = MetricsLog(self.run_dir / "metrics.csv")
                 log.keep_until(self.step)
                 self.loop(log, bar, signals)
         except KeyboardInterrupt:  # a second signal, mid-step: that step cannot be saved
-            raise RunStopped(f"interrupted again at step {self.step}: the step in progress was dropped; {self.kept_checkpoint()}", 130) from None
+            code = exit_code(signals.signum or signal.SIGINT)
+            raise RunStopped(f"interrupted again at step {self.step}: the step in progress was dropped; {self.kept_checkpoint()}", code) from None
         except (WriteError, OSError) as error:
             raise RunStopped(f"cannot write into {str(self.run_dir)!r} ({describe(error)}); training stopped at step {self.step}; "
                              f"{self.kept_checkpoint()}", 1) from None
