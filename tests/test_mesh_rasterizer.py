@@ -331,6 +331,32 @@ def test_config_rejects_a_bad_backend_and_clip_planes():
             rasterize(torch.zeros(1, 3, 4), torch.tensor([[0, 1, 2]]), 4, 4, backend="nvdiffrast")
 
 
+def test_auto_backend_falls_back_to_torch_when_nvdiffrast_is_missing_or_cannot_build(monkeypatch):
+    from threestudio_like.renderers import rasterize as module
+
+    cuda = torch.device("cuda", 0)  # only the device type is consulted: no GPU needed
+    monkeypatch.setattr(module, "_CONTEXTS", {})
+    monkeypatch.setattr(module, "_WARNED", set())
+    monkeypatch.setattr(module, "nvdiffrast_module", lambda: None)
+    with pytest.warns(UserWarning, match="not installed"):
+        assert module.use_nvdiffrast("auto", cuda) is False
+    with pytest.raises(ValueError, match="pip install diffrp-nvdiffrast"):
+        module.use_nvdiffrast("nvdiffrast", cuda)
+
+    class Unbuildable:
+        @staticmethod
+        def RasterizeCudaContext(device):
+            raise RuntimeError("Ninja is required to load C++ extensions\nmore detail")
+
+    monkeypatch.setattr(module, "nvdiffrast_module", lambda: Unbuildable)
+    with pytest.warns(UserWarning, match="could not start on cuda:0: Ninja is required"):
+        assert module.use_nvdiffrast("auto", cuda) is False
+    assert module.use_nvdiffrast("nvdiffrast", cuda) is True  # asked for explicitly: the failure surfaces
+    with pytest.raises(RuntimeError, match="Ninja is required"):
+        module.cuda_context(cuda)
+    assert module.use_nvdiffrast("auto", torch.device("cpu")) is False
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nvdiffrast runs only on CUDA tensors)")
 def test_torch_and_nvdiffrast_give_the_same_images():
     pytest.importorskip("nvdiffrast.torch", reason="nvdiffrast is not installed (pip install diffrp-nvdiffrast)")

@@ -34,7 +34,8 @@ from threestudio_like.config import check_choice
 
 BACKENDS = ("auto", "torch", "nvdiffrast")
 NEAR, FAR = 0.1, 100.0  # threestudio's near plane; cameras sit 1–4 from objects within a unit ball
-_CONTEXTS: dict[Any, Any] = {}
+_CONTEXTS: dict[torch.device, tuple[Any, Any]] = {}  # device → (RasterizeCudaContext or None, failure)
+_WARNED: set[str] = set()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -78,7 +79,9 @@ def nvdiffrast_module():
 
 
 def use_nvdiffrast(backend: str, device: torch.device) -> bool:
-    """Whether ``backend`` (auto | torch | nvdiffrast) runs nvdiffrast for tensors on ``device``."""
+    """Whether ``backend`` (auto | torch | nvdiffrast) runs nvdiffrast for tensors on ``device``.
+    ``auto`` falls back to the torch path, with one warning, when nvdiffrast is missing or its plugin
+    (compiled on first use, which needs nvcc and ninja) does not build."""
     check_choice(backend, BACKENDS, "backend")
     if backend == "torch" or (backend == "auto" and device.type != "cuda"):
         return False
@@ -88,20 +91,32 @@ def use_nvdiffrast(backend: str, device: torch.device) -> bool:
         if backend == "nvdiffrast":
             raise ValueError("backend='nvdiffrast' but nvdiffrast is not installed: pip install diffrp-nvdiffrast "
                              "(or pip install .[gpu]), or use backend='auto'")
-        if "missing" not in _CONTEXTS:
-            warnings.warn("nvdiffrast is not installed: the mesh rasterizer uses its torch path on CUDA "
-                          "(pip install diffrp-nvdiffrast for the fast one)", stacklevel=3)
-            _CONTEXTS["missing"] = True
-        return False
+        return _fall_back("nvdiffrast is not installed (pip install diffrp-nvdiffrast)")
+    if backend == "auto" and cuda_context(device, strict=False) is None:
+        return _fall_back(f"nvdiffrast could not start on {device}: {_CONTEXTS[torch.device(device)][1]}")
     return True
 
 
-def cuda_context(device: torch.device):
-    """One ``RasterizeCudaContext`` per CUDA device (no OpenGL needed)."""
+def _fall_back(reason: str) -> bool:
+    if reason not in _WARNED:
+        warnings.warn(f"{reason}; the mesh rasterizer uses its torch path", stacklevel=3)
+        _WARNED.add(reason)
+    return False
+
+
+def cuda_context(device: torch.device, strict: bool = True):
+    """One ``RasterizeCudaContext`` per CUDA device (no OpenGL needed); with ``strict=False``, None
+    when it cannot be created (the failure is remembered, not retried)."""
     device = torch.device(device)
     if device not in _CONTEXTS:
-        _CONTEXTS[device] = nvdiffrast_module().RasterizeCudaContext(device=device)
-    return _CONTEXTS[device]
+        try:
+            _CONTEXTS[device] = (nvdiffrast_module().RasterizeCudaContext(device=device), None)
+        except Exception as error:  # noqa: BLE001  (a plugin build failure has no narrower type)
+            _CONTEXTS[device] = (None, str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__)
+    context, failure = _CONTEXTS[device]
+    if context is None and strict:
+        raise RuntimeError(f"nvdiffrast could not start on {device}: {failure}")
+    return context
 
 
 # --------------------------------------------------------------------------------------------------
