@@ -1,4 +1,5 @@
-# make demo  — installs into .venv and runs the default job end to end (embedded prior, CPU is fine)
+# make demo  — installs into .venv and runs the default job end to end (embedded prior, CPU is fine);
+#              REFINE=1 adds the mesh refinement stages (coarse → geometry → texture)
 # make test  — installs into .venv and runs the tests
 # make bench — speed table (bench/speed.py); make bench-quality — the ground-truth guidance benchmark (--quick)
 PYTHON ?= python3
@@ -9,6 +10,9 @@ REPR ?= nerf
 METHOD ?= sds
 PROMPT ?= a red ball on a blue box
 DEMO_CONFIG ?= configs/$(METHOD)-$(REPR).yaml
+# REFINE=1: the coarse run, then the geometry and texture refinement stages converted from it
+REFINE ?= 0
+REFINE_CONFIGS ?= configs/refine-geometry.yaml configs/refine-texture.yaml
 
 .PHONY: install demo test bench bench-quality clean
 
@@ -24,7 +28,12 @@ $(STAMP): $(PY) setup.py
 install: $(STAMP)
 
 demo: install
+ifeq ($(REFINE),1)
+	$(PY) -m threestudio_like.chain $(DEMO_CONFIG) $(REFINE_CONFIGS) \
+		system.prompt_processor.prompt="$(PROMPT)" system.guidance_type=$(METHOD)
+else
 	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
+endif
 
 test: install
 	$(PY) -m pytest -q tests

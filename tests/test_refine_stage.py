@@ -145,3 +145,62 @@ def test_components_count_pieces_not_uv_seams():
     assert count_components(both) == 2
     seamed = trimesh.Trimesh(a.vertices[a.faces].reshape(-1, 3), np.arange(3 * len(a.faces)).reshape(-1, 3), process=False)
     assert count_components(seamed) == 1  # every face its own vertices, as at UV seams
+
+
+TINY_REFINE = ["data.width=32", "data.height=32", "data.batch_size=2", "system.geometry.isosurface_resolution=16",
+               "system.geometry.color_fit_steps=5", "system.prior.azimuth_step_deg=45", "system.prior.n_elevations=2"]
+
+
+def test_coarse_refine_chain_writes_a_textured_mesh_that_trimesh_reads(coarse_run, tmp_path, capsys):
+    """The chain from a finished coarse NeRF run: geometry stage → texture stage, each a run folder."""
+    from threestudio_like import chain
+
+    root, coarse = coarse_run
+    code = chain.main([str(coarse), str(root / "configs/refine-geometry.yaml"), str(root / "configs/refine-texture.yaml"),
+                       f"exp_root_dir={tmp_path}", "trainer.max_steps=3", *SMALL, *TINY_REFINE])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    (geometry,) = (tmp_path / "refine-geometry").iterdir()
+    (texture,) = (tmp_path / "refine-texture").iterdir()
+    assert json.loads((geometry / "convert_from.json").read_text())["run"] == str(coarse.resolve())
+    record = json.loads((texture / "convert_from.json").read_text())
+    assert record["run"] == str(geometry.resolve()) and record["stage"] == "geometry" and record["step"] == 3
+    export = texture / "save/it3-export"
+    assert f"final asset: {export / 'model.glb'}" in out
+    info = json.loads((export / "export.json").read_text())
+    assert info["surface"] == "isosurface" and info["isosurface_threshold"] is None
+    for name in ("model.glb", "model.obj"):
+        mesh = trimesh.load(export / name, force="mesh")
+        assert len(mesh.faces) > 100 and mesh.visual.kind == "texture"
+        assert np.asarray(mesh.visual.material.baseColorTexture if name == "model.glb" else mesh.visual.material.image).shape[:2] == (64, 64)
+    asset = json.loads((texture / "quality.json").read_text())["asset"]
+    assert asset["components"] >= 1 and np.isfinite(asset["chamfer"])
+
+
+def test_chain_stage_overrides_and_bad_input(capsys):
+    from threestudio_like import chain
+
+    assert chain.stage_overrides(["a=1", "1:b=2", "0:c=3"], 2) == [["a=1", "c=3"], ["a=1", "b=2"]]
+    with pytest.raises(ValueError, match="names stage 2, but there are 2 stages"):
+        chain.stage_overrides(["2:b=2"], 2)
+    assert chain.main(["configs/nowhere.yaml", "configs/refine-fine.yaml"]) == 2
+    assert "'configs/nowhere.yaml' does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage", ["geometry", "texture"])
+@pytest.mark.parametrize("method", ["sds", "vsd", "esd", "asd", "csm", "ism"])
+def test_every_guidance_trains_in_both_refinement_stages(root, stage, method):
+    from threestudio_like.cli import build
+    from threestudio_like.config import load_config
+
+    cfg = load_config(root / f"configs/refine-{stage}.yaml", [f"system.guidance_type={method}", *TINY_REFINE])
+    system, _ = build(cfg, torch.device("cpu"))
+    trained = [p for group in system.optimizers["geometry"].param_groups for p in group["params"]]
+    before = [p.detach().clone() for p in trained]
+    logged = system.training_step(0, 10)
+    assert np.isfinite(logged["loss"])
+    assert any(not torch.equal(a, p) for a, p in zip(before, trained))  # the stage's parameters moved
+    names = {g["name"] for g in system.optimizers["geometry"].param_groups}
+    assert names == ({"sdf", "deformation"} if stage == "geometry" else {"encoding", "network"})
+    if stage == "geometry":
+        assert {"loss_normal_consistency", "loss_laplacian_smoothness"} <= set(logged)

@@ -80,8 +80,7 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     if not hasattr(target, "create_from"):
         raise ValueError(f"system.geometry_type={cfg.geometry_type!r} cannot be created from another run's "
                          f"geometry (no create_from); use e.g. tetrahedra-sdf-grid with geometry_convert_from")
-    with torch.no_grad():
-        geometry = target.create_from(source, cfg.geometry)
+    geometry = target.create_from(source, cfg.geometry)  # may fit (e.g. a colour field): autograd on
     system.geometry = geometry.to(system.device)
     system.build_optimizers()
     record["into"] = cfg.geometry_type
