@@ -203,19 +203,19 @@ def slug(text: str) -> str:
 # --------------------------------------------------------------------------------------------------
 # Files
 # --------------------------------------------------------------------------------------------------
-def replace_section_block(text: str, block: str) -> str:
+def replace_section_block(text: str, block: str, section: str = SECTION, begin: str = BEGIN, end: str = END) -> str:
     """``text`` with the generated block of the benchmark section set to ``block``: between the
     markers when present, else at the end of the section (created at the end of the file if missing)."""
-    generated = f"{BEGIN}\n{block.rstrip()}\n{END}"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        return head + generated + rest.split(END, 1)[1]
-    if SECTION not in text:
-        return text.rstrip() + ("\n\n" if text.strip() else "") + f"{SECTION}\n\n{generated}\n"
-    head, rest = text.split(SECTION, 1)
+    generated = f"{begin}\n{block.rstrip()}\n{end}"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        return head + generated + rest.split(end, 1)[1]
+    if section not in text:
+        return text.rstrip() + ("\n\n" if text.strip() else "") + f"{section}\n\n{generated}\n"
+    head, rest = text.split(section, 1)
     match = re.search(r"^## ", rest, flags=re.MULTILINE)
     body, tail = (rest[: match.start()], rest[match.start():]) if match else (rest, "")
-    return head + SECTION + body.rstrip() + f"\n\n{generated}\n" + ("\n" + tail if tail else "")
+    return head + section + body.rstrip() + f"\n\n{generated}\n" + ("\n" + tail if tail else "")
 
 
 def write_report(rows: Sequence[dict], out: Path, doc: Optional[str] = None) -> list[Path]:
