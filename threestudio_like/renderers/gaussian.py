@@ -21,6 +21,7 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry.gaussians import covariance_3d
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
+from threestudio_like.renderers.segments import segment_exclusive_cumsum, segments
 from threestudio_like.utils.checks import check_above, check_at_least, check_between
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -147,13 +148,6 @@ def rasterize_dense(
     return image, (1 - T)[..., None]
 
 
-def _segment_exclusive_cumsum(values: Tensor, first: Tensor, segment: Tensor) -> Tensor:
-    """Exclusive running sum of ``values`` [M] restarting at every segment; ``first`` [S] are the
-    segments' first positions, ``segment`` [M] each entry's segment."""
-    running = torch.cumsum(values, 0) - values
-    return running - running[first][segment]
-
-
 def _pixel_entries(
     means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, order: Tensor, width: int, height: int,
 ) -> dict[str, Tensor]:
@@ -188,15 +182,7 @@ def _pixel_entries(
     pixel = (((row_gid // N) * height + row_py)[row]) * width + px
     pixel, perm = torch.sort(pixel, stable=True)  # stable: depth order survives inside each pixel
     return {"row_gid": row_gid, "row_py": row_py, "row": row[perm], "px": px[perm], "pixel": pixel,
-            "alpha": alpha[perm], **_segments(pixel)}
-
-
-def _segments(pixel: Tensor) -> dict[str, Tensor]:
-    """Runs of equal values in the sorted ``pixel`` [M]: first [S] (each run's first position) and
-    segment [M] (each entry's run)."""
-    is_first = torch.ones_like(pixel, dtype=torch.bool)
-    is_first[1:] = pixel[1:] != pixel[:-1]
-    return {"first": is_first.nonzero()[:, 0], "segment": torch.cumsum(is_first, 0) - 1}
+            "alpha": alpha[perm], **segments(pixel)}
 
 
 def _live_entries(e: dict[str, Tensor], max_alpha: float) -> dict[str, Tensor]:
@@ -205,11 +191,11 @@ def _live_entries(e: dict[str, Tensor], max_alpha: float) -> dict[str, Tensor]:
     0, and they come after all live ones in their pixel (T only falls), so dropping them before
     autograd leaves every live pair's sums as they were."""
     log_t = torch.log1p(-e["alpha"].clamp(max=max_alpha)).double()
-    live = _segment_exclusive_cumsum(log_t, e["first"], e["segment"]) + log_t > math.log(TRANSMITTANCE_MIN)
+    live = segment_exclusive_cumsum(log_t, e["first"], e["segment"]) + log_t > math.log(TRANSMITTANCE_MIN)
     if bool(live.all()):
         return e
     kept = {key: e[key][live] for key in ("row", "px", "pixel")}
-    return {"row_gid": e["row_gid"], "row_py": e["row_py"], **kept, **_segments(kept["pixel"])}
+    return {"row_gid": e["row_gid"], "row_py": e["row_py"], **kept, **segments(kept["pixel"])}
 
 
 def _sigma(mu: Tensor, conic: Tensor, row_py: Tensor, row: Tensor, px: Tensor) -> Tensor:
@@ -242,7 +228,7 @@ def rasterize_sparse(
     # Every pair left has σ ≥ 0 and α ≥ 1/255 (the same arithmetic chose them): no mask needed.
     alpha = (opacities.reshape(-1)[row_gid][row] * torch.exp(-sigma.clamp(max=60.0))).clamp(max=max_alpha)
     log_t = torch.log1p(-alpha).double()
-    weight = alpha * torch.exp(_segment_exclusive_cumsum(log_t, e["first"], e["segment"])).to(alpha.dtype)
+    weight = alpha * torch.exp(segment_exclusive_cumsum(log_t, e["first"], e["segment"])).to(alpha.dtype)
     image = features.new_zeros(C * height * width, D).index_add(0, e["pixel"], weight[:, None] * features.reshape(-1, D)[row_gid[row]])
     log_T = log_t.new_zeros(C * height * width).index_add(0, e["pixel"], log_t)
     alpha_image = (1 - torch.exp(log_T)).to(features.dtype)

@@ -37,6 +37,12 @@ class OccupancyGrid(nn.Module):
         """points [...,3] (world) → occupied [...] (bool)."""
         return self.binaries.view(-1)[self.cell_index(points)]
 
+    def query_axes(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """The same as :meth:`query` for coordinates given per axis (x, y, z [...] each) → [...] (bool)."""
+        r = self.resolution
+        i, j, k = (((c / self.radius + 1.0) * (0.5 * r)).long().clamp_(0, r - 1) for c in (x, y, z))
+        return self.binaries.view(-1)[(i * r + j) * r + k]
+
     def occupied_fraction(self) -> float:
         return float(self.binaries.float().mean())
 

@@ -7,9 +7,9 @@ diagonal in ``num_samples_per_ray`` steps), so a ray through the ball's centre g
 Torch path, per ray: near/far where the ray crosses the geometry's ball; intervals
 [near + kΔ, near + (k+1)Δ] clipped at far, one sample in each (jittered while training, the
 midpoint otherwise); samples in cells the occupancy grid marks empty are dropped and the geometry
-is evaluated only on the rest, whose densities are scattered back into dense [R,K] arrays for the
-transmittance: α_i = 1 − exp(−σ_i δ_i), T_i = Π_{j<i} (1 − α_j) (computed as exp of an exclusive
-cumulative sum), w_i = T_i α_i. The pixel is Σ w_i c_i + (1 − Σ w_i)·background.
+is evaluated only on the rest, which stay packed (sorted by ray) for the transmittance:
+α_i = 1 − exp(−σ_i δ_i), T_i = Π_{j<i} (1 − α_j) (computed as exp of an exclusive cumulative sum
+over the ray's kept samples, a dropped one adding σδ = 0), w_i = T_i α_i. The pixel is Σ w_i c_i + (1 − Σ w_i)·background.
 
 CUDA path (nerfacc): ``OccGridEstimator.sampling`` marches the same step through the same
 occupancy bits, ``render_weight_from_density`` gives the weights, and the compositing is shared.
@@ -32,6 +32,7 @@ from threestudio_like.data.cameras import Cameras
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.occupancy import OccupancyGrid
+from threestudio_like.renderers.segments import segment_exclusive_cumsum, segments
 from threestudio_like.utils.checks import check_at_least
 
 _NERFACC_CHOICES = {"auto": "auto", True: True, False: False, "true": True, "false": False}
@@ -94,6 +95,14 @@ def weights_from_density(sigma: Tensor, delta: Tensor) -> Tensor:
     tau = sigma * delta
     trans = torch.exp(-(torch.cumsum(tau, dim=-1) - tau))
     return trans * (1.0 - torch.exp(-tau))
+
+
+def packed_weights(sigma: Tensor, delta: Tensor, runs: dict[str, Tensor]) -> Tensor:
+    """:func:`weights_from_density` over packed samples: sigma, delta [M] sorted by ray, ``runs``
+    their rays' runs (:func:`segments`) → w [M]. The exclusive sum of σδ restarts at each ray."""
+    tau = sigma * delta
+    optical = segment_exclusive_cumsum(tau.double(), runs["first"], runs["segment"]).to(tau.dtype)
+    return torch.exp(-optical) * (1.0 - torch.exp(-tau))
 
 
 def query_geometry(geometry: nn.Module, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -219,21 +228,25 @@ class VolumeRenderer(Renderer):
         """Fixed-step samples between the ball's near/far, culled by the occupancy grid (see module doc).
 
         rays o, d [R,3] → per kept sample: ray index [M], distance t [M], point [M,3], albedo [M,3], weight [M].
+        Only the kept samples go further: the candidates' coordinates are taken per axis ([R,S]
+        each, not [R,S,3]: a trailing axis of 3 makes every elementwise op slow), and the
+        transmittance is a running sum over the packed samples of each ray (float64), which is
+        the dense [R,S] one with its zeros left out.
         """
         R, step = len(o), self.step_size()
         S = int(math.ceil(2.0 * self.grid.radius / step))  # the longest chord (a diameter) in steps
         near, far, hit = ray_sphere(o, d, self.grid.radius)
         t, delta, keep = marching_intervals(near, far, step, S, jitter=training and self.cfg.randomized)
-        points = o[:, None, :] + t[..., None] * d[:, None, :]  # [R,S,3]
+        axes = [o[:, k, None] + t * d[:, k, None] for k in range(3)]  # 3 × [R,S]: o + t·d per axis
         keep = keep & hit[:, None]
         if self.cfg.grid_prune:
-            keep = keep & self.grid.query(points)
-        flat = torch.nonzero(keep.reshape(-1))[:, 0]  # [M] indices into the R·S samples
-        points = points.reshape(-1, 3)[flat]
+            keep = keep & self.grid.query_axes(*axes)
+        flat = torch.nonzero(keep.reshape(-1))[:, 0]  # [M] indices into the R·S samples, ray-major
+        points = torch.stack([axis.reshape(-1)[flat] for axis in axes], dim=-1)
         sigma, albedo = query_geometry(geometry, points)
-        dense_sigma = sigma.new_zeros(R * S).index_put((flat,), sigma).view(R, S)
-        w = weights_from_density(dense_sigma, delta).reshape(-1)[flat]
-        return torch.div(flat, S, rounding_mode="floor"), t.reshape(-1)[flat], points, albedo, w
+        ray = torch.div(flat, S, rounding_mode="floor")
+        w = packed_weights(sigma, delta.reshape(-1)[flat], segments(ray))
+        return ray, t.reshape(-1)[flat], points, albedo, w
 
     def _march_nerfacc(self, geometry, o: Tensor, d: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """nerfacc's marching through the same occupancy bits and its weights; same outputs as ``_march_torch``."""
