@@ -321,6 +321,35 @@ def test_renderer_returns_the_contract_with_gradients_to_the_vertices():
     assert empty["opacity"].abs().sum() == 0 and empty["depth"].abs().sum() == 0
 
 
+def test_silhouette_gradients_alone_fit_a_sphere_to_a_target_outline():
+    # only the antialiased coverage carries the radius: the mask loss must grow 0.35 toward 0.5
+    class Scaled(MeshBall):
+        def __init__(self):
+            super().__init__(radius=1.0)
+            self.scale = torch.nn.Parameter(torch.tensor(0.35))
+
+        def isosurface(self):
+            return Mesh(self.v_pos.detach() * self.scale, self.faces)
+
+    geometry, target = Scaled(), MeshBall(radius=0.5)
+    renderer = part("renderer", "mesh-rasterizer")
+    material, background = part("material", "no-material"), part("background", "solid-color")
+    cams = make_cameras(torch.tensor([0.0, 60.0]), torch.tensor([0.0, 120.0]), torch.full((2,), 2.0), torch.full((2,), 40.0), 32, 32)
+    goal = renderer.render(target, material, background, cams)["opacity"].detach()
+    hard = part("renderer", "mesh-rasterizer", antialias=False)
+    (hard.render(geometry, material, background, cams)["opacity"] - goal).square().mean().backward()
+    assert geometry.scale.grad is None or geometry.scale.grad == 0  # without antialiasing: no outline gradient
+    optimizer = torch.optim.Adam([geometry.scale], lr=0.02)
+    path = []
+    for _ in range(30):
+        optimizer.zero_grad()
+        (renderer.render(geometry, material, background, cams)["opacity"] - goal).square().mean().backward()
+        optimizer.step()
+        path.append(geometry.scale.item())
+    assert path[9] > 0.45  # straight toward the target while the outlines differ by pixels
+    assert sum(path[-10:]) / 10 == pytest.approx(0.5, abs=0.015)  # then settles around it
+
+
 def test_config_rejects_a_bad_backend_and_clip_planes():
     with pytest.raises(ValueError, match="renderer.backend='opengl'"):
         part("renderer", "mesh-rasterizer", backend="opengl")
