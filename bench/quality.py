@@ -25,6 +25,11 @@ ckpts/last.ckpt, metrics.csv, quality.json) plus curve.csv and bench.json, so
 ``<out>/plots/*.png`` hold the results; ``--doc FILE`` also writes the tables into FILE's section
 "## Guidance comparison (embedded prior, ground truth)", between markers, leaving the rest alone.
 The measures live in bench/quality_measures.py, the tables and plots in bench/quality_report.py.
+
+The runs execute through the sweep machinery (bench/quality_sweep.py): one sweep job per run
+(``bench/quality.py --run-one ...`` in its own process), recorded in ``<out>/sweep.db``, as Ray
+tasks (a local Ray, or a cluster with ``--address``) or one after another without Ray;
+``python -m threestudio_like.sweep status <out>`` shows where the matrix stands.
 """
 from __future__ import annotations
 
@@ -45,8 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench import quality_report as report  # noqa: E402
 from bench.quality_measures import HeldOut, evaluate, gradient_stats, held_out_views, stability  # noqa: E402
+from bench.quality_sweep import job_spec, run_matrix  # noqa: E402
 from threestudio_like.cli import build, seed_everything  # noqa: E402
 from threestudio_like.config import ConfigError, load_config, to_yaml  # noqa: E402
+from threestudio_like.sweep.executors import ExecutorError  # noqa: E402
 from threestudio_like.utils.atomic import write_text  # noqa: E402
 
 DEFAULT_SCENES = ("a red ball", "a blue cube", "a red ball on a blue box", "a green torus next to a yellow cone", "a house", "a mug")
@@ -282,6 +289,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="reuse runs of the same budget already finished under --out")
     parser.add_argument("--report-only", action="store_true", help="train nothing: rebuild the report from every run under --out")
     parser.add_argument("--backfill", action="store_true", help="with --report-only: measure the gradient SNR of runs made without it")
+    parser.add_argument("--address", default=None, help="Ray cluster for the runs: auto, or ray://host:port (default: a local Ray)")
+    parser.add_argument("--executor", choices=("auto", "ray", "sequential"), default="auto",
+                        help="how the runs are spread: auto (Ray when installed), ray, sequential")
+    parser.add_argument("--gpus-per-run", type=float, default=1.0, help="GPUs per run where the cluster has GPUs")
+    parser.add_argument("--run-one", nargs=4, metavar=("METHOD", "REPR", "SEED", "SCENE"), default=None,
+                        help="train one run of the matrix in this process (what each sweep job executes)")
+    parser.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the matrix's command line, for the record
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
     args = parser.parse_args(argv)
@@ -326,8 +340,11 @@ def jobs_of(args: argparse.Namespace) -> list[Job]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)  # more threads stall on a shared machine
+    if args.run_one:
+        return run_one(args)
     out = Path(args.out).resolve()
     command = "python bench/quality.py " + " ".join(_quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    failed = 0
     if args.report_only:
         rows = report.collect_rows(out)
         if args.backfill:
@@ -337,22 +354,47 @@ def main(argv=None) -> int:
             print(f"error: no finished runs (bench.json) under {out}", file=sys.stderr)
             return 2
     else:
-        rows, shared, jobs = [], Shared(), jobs_of(args)
-        for k, job in enumerate(jobs, start=1):
-            row = reusable(job, args) if args.resume else None
-            start = time.perf_counter()
-            try:
-                row = row or run_job(job, args, shared, command)
-            except ConfigError as error:
-                print(f"error: {error}", file=sys.stderr)
-                return 2
-            rows.append(row)
-            report.write_csv(out / "quality.csv", rows)
-            print(f"[{k}/{len(jobs)}] {job.name} {job.scene!r} seed {job.seed}: " + report.row_summary(row)
-                  + f" ({time.perf_counter() - start:.0f} s)", flush=True)
+        try:
+            rows, failed = run_all(args, command)
+        except (ConfigError, ExecutorError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        if not rows:
+            return 1
     paths = report.write_report(rows, out, doc=args.doc)
     for path in paths:
         print(f"wrote {path}")
+    return 1 if failed else 0
+
+
+def run_all(args: argparse.Namespace, command: str) -> tuple[list[dict], int]:
+    """The matrix through the sweep (bench/quality_sweep.py): (rows of the finished runs, failed runs)."""
+    out = Path(args.out).resolve()
+    jobs = jobs_of(args)
+    specs = [job_spec(job, args, job_overrides(job, args), command) for job in jobs if not (args.resume and reusable(job, args))]
+    counts = run_matrix(specs, args)
+    rows = [row for job in jobs if (row := reusable(job, args)) is not None]
+    report.write_csv(out / "quality.csv", rows)
+    if counts["failed"]:
+        print(f"error: {counts['failed']} runs failed (python -m threestudio_like.sweep status {out}); "
+              "the report covers the others", file=sys.stderr)
+    return rows, counts["failed"]
+
+
+def run_one(args: argparse.Namespace) -> int:
+    """One run of the matrix, in this process: the body of each sweep job."""
+    method, rep, seed, scene = args.run_one
+    if method not in (CEILING, *METHODS) or rep not in REPRS or not seed.lstrip("-").isdigit():
+        print(f"error: --run-one {' '.join(args.run_one)!r}: give METHOD ({', '.join((CEILING, *METHODS))}) "
+              f"REPR ({', '.join(REPRS)}) SEED (an integer) SCENE", file=sys.stderr)
+        return 2
+    job = Job(scene, rep, method, int(seed))
+    try:
+        row = run_job(job, args, Shared(), args.command or "python bench/quality.py --run-one " + " ".join(args.run_one))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{job.name} {job.scene!r} seed {job.seed}: " + report.row_summary(row), flush=True)
     return 0
 
 

@@ -93,29 +93,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run_sweep(args: argparse.Namespace, jobs, sweep_dir: Path) -> int:
     """Run what is left of the grid, then report; exit 0 when every job is done, 1 when some failed."""
-    policy = RetryPolicy(args.max_attempts, args.retry_failed)
+    try:
+        counts = execute(jobs, sweep_dir, args.executor, args.address, args.cpus_per_run, args.gpus_per_run,
+                         RetryPolicy(args.max_attempts, args.retry_failed))
+    except KeyboardInterrupt:
+        print(f"interrupted: the running jobs go back to pending; run the same command to resume them "
+              f"(status: {PROG} status {args.out})", file=sys.stderr)
+        return 130
+    finish(args, jobs, sweep_dir)
+    return 0 if counts["done"] == len(jobs) else 1
+
+
+def execute(jobs, sweep_dir: Path, executor_kind: str = "auto", address: Optional[str] = None, cpus_per_run: float = 1.0,
+            gpus_per_run: float = 1.0, policy: Optional[RetryPolicy] = None) -> dict[str, int]:
+    """Record ``jobs`` in the ledger of ``sweep_dir`` and run those not done yet; the final counts.
+    The executor (Ray) is started only when something is left to run."""
+    policy = policy or RetryPolicy()
     ledger = Ledger.of(sweep_dir)
     ledger.add(jobs)
     ledger.requeue_failed([j.hash for j in jobs], policy.max_attempts, policy.retry_user_errors)
     counts = ledger.counts(j.hash for j in jobs)
     ledger.close()
     kept = f", {counts['failed']} failed and not retried (see status; --retry-failed reruns them)" if counts["failed"] else ""
-    print(f"sweep {sweep_dir}: {len(jobs)} jobs, {counts['done']} already done{kept}")
-    if counts["pending"] + counts["running"]:  # start Ray only when something is left to run
-        executor = make_executor(args.executor, args.address, args.cpus_per_run, args.gpus_per_run)
-        print(f"executor: {executor.describe()}")
-        previous = signal.signal(signal.SIGTERM, interrupt)
-        driver = Driver(sweep_dir, jobs, executor, policy)
-        try:
-            counts = driver.run()
-        except KeyboardInterrupt:
-            print(f"interrupted: the running jobs go back to pending; run the same command to resume them "
-                  f"(status: {PROG} status {args.out})", file=sys.stderr)
-            return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous)
-    finish(args, jobs, sweep_dir)
-    return 0 if counts["done"] == len(jobs) else 1
+    print(f"sweep {sweep_dir}: {len(jobs)} jobs, {counts['done']} already done{kept}", flush=True)
+    if counts["pending"] + counts["running"] == 0:
+        return counts
+    executor = make_executor(executor_kind, address, cpus_per_run, gpus_per_run)
+    print(f"executor: {executor.describe()}", flush=True)
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return Driver(sweep_dir, jobs, executor, policy).run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def finish(args: argparse.Namespace, jobs, sweep_dir: Path) -> None:

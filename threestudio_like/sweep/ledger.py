@@ -118,6 +118,13 @@ class Ledger:
                     self.db.execute("UPDATE jobs SET attempts = 0 WHERE hash = ? AND state = 'pending'", (h,))
         return n
 
+    def reset(self, hashes: Sequence[str]) -> None:
+        """Finished jobs (done or failed) back to pending with no attempts: run them again."""
+        with self.transaction():
+            for h in hashes:
+                self.db.execute("UPDATE jobs SET state = 'pending', attempts = 0, metrics = NULL, error = NULL, error_kind = NULL,"
+                                " wall_s = NULL, updated = ? WHERE hash = ? AND state IN ('done', 'failed')", (time.time(), h))
+
     def claim(self, owner: str, hashes: Sequence[str]) -> Optional[JobSpec]:
         """Atomically take one runnable job of ``hashes`` (pending with its predecessor done, or
         running under a dead owner); None when there is none right now."""
