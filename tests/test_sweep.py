@@ -1,5 +1,6 @@
 """Sweeps: real launch.py runs on a real local Ray (started once for the module), a real SQLite ledger."""
 import csv
+import io
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from threestudio_like.sweep import cli
+from threestudio_like.sweep.driver import Progress, format_duration
 from threestudio_like.sweep.executors import NO_RAY_ENV
 from threestudio_like.sweep.grid import GridError, JobSpec, expand, resolve_variants
 from threestudio_like.sweep.ledger import STALE_S, Ledger
@@ -253,3 +255,13 @@ def test_claims_of_dead_owners_are_taken_over(tmp_path):
     assert ledger.requeue_failed(hashes, max_attempts=3, user_errors=False) == 1
     assert ledger.requeue_failed(hashes, max_attempts=3, user_errors=True) == 2
     assert ledger.counts(hashes) == {"pending": 3, "running": 0, "done": 0, "failed": 0}
+
+
+def test_eta_counts_down_with_the_running_jobs():
+    progress = Progress(total=5, slots=2, out=io.StringIO())
+    counts = {"pending": 1, "running": 2, "done": 2, "failed": 0}
+    assert progress.eta(counts, [30.0, 60.0]) == "after the first job"
+    progress.walls = [90.0, 110.0]  # mean 100 s: the pending job 100 s, the running ones 70 s and 40 s more, over 2 slots
+    assert progress.eta(counts, [30.0, 60.0]) == format_duration((100 + 70 + 40) / 2) == "1m45s"
+    assert progress.eta(counts, [130.0, 60.0]) == "1m10s"  # a job past the mean adds nothing
+    assert progress.eta({"pending": 0, "running": 0, "done": 4, "failed": 1}, []) == "0s"

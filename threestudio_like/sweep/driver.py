@@ -52,22 +52,26 @@ class Progress:
         elapsed = format_duration(time.time() - self.start)
         print(f"[{elapsed:>6}] {verb:<8}{job.label}{': ' + detail if detail else ''}", file=self.out, flush=True)
 
-    def eta(self, counts: dict) -> str:
-        remaining = counts["pending"] + counts["running"]
-        if not remaining:
+    def eta(self, counts: dict, running_for: Sequence[float]) -> str:
+        """Each pending job takes the mean time of the finished ones, each running job what it
+        lacks of it; spread over the executor's slots."""
+        if not counts["pending"] + counts["running"]:
             return "0s"
         if not self.walls:
             return "after the first job"
-        return format_duration(sum(self.walls) / len(self.walls) * remaining / self.slots)
+        mean = sum(self.walls) / len(self.walls)
+        left = mean * (counts["pending"] + max(0, counts["running"] - len(running_for)))
+        left += sum(max(mean - elapsed, 0.0) for elapsed in running_for)
+        return format_duration(left / self.slots)
 
-    def update(self, counts: dict) -> None:
+    def update(self, counts: dict, running_for: Sequence[float] = ()) -> None:
         """Print the counts when they changed, or every PROGRESS_EVERY_S seconds."""
         key = tuple(counts.values())
         if key == self.last and time.time() - self.last_time < PROGRESS_EVERY_S:
             return
         self.last, self.last_time = key, time.time()
         print(f"[{format_duration(time.time() - self.start):>6}] sweep   {counts['done']}/{self.total} done, {counts['running']} running, "
-              f"{counts['failed']} failed, {counts['pending']} pending · ETA {self.eta(counts)}", file=self.out, flush=True)
+              f"{counts['failed']} failed, {counts['pending']} pending · ETA {self.eta(counts, running_for)}", file=self.out, flush=True)
 
 
 class Heartbeat(threading.Thread):
@@ -96,7 +100,8 @@ class Driver:
         self.inflight: dict[str, JobSpec] = {}
         self.submissions: dict[str, int] = {}
         self.walls: dict[str, float] = {}
-        self.ran = 0  # launches made by this invocation
+        self.submitted: dict[str, float] = {}  # when each in-flight job was handed to the executor
+        self.expected: dict[str, int] = {}  # launches recorded for an in-flight job once its own has started
 
     def run(self) -> dict[str, int]:
         """Until no job of the grid is pending or running (anyone's); the final counts."""
@@ -121,7 +126,8 @@ class Driver:
         while len(self.inflight) < self.executor.slots and (job := self.ledger.claim(self.owner, self.hashes)):
             self.launch(job)
         counts = self.ledger.counts(self.hashes)
-        self.progress.update(counts)
+        now = time.time()
+        self.progress.update(counts, [now - self.submitted[h] for h in self.inflight])
         if not self.inflight:
             if counts["pending"] + counts["running"] == 0:
                 return False
@@ -129,19 +135,30 @@ class Driver:
             return True
         for h, result in self.executor.wait(timeout=1.0):
             self.settle(self.inflight.pop(h), result)
+        self.notice_relaunches()
         return True
+
+    def notice_relaunches(self) -> None:
+        """A launch this driver did not make: Ray relaunched a task whose worker was lost."""
+        for h, job in self.inflight.items():
+            n = len(launches(log_dir_of(self.sweep_dir, job)))
+            if n > self.expected[h]:
+                self.expected[h] = n
+                self.progress.event("resume", job, "relaunched by Ray after its worker was lost")
 
     def launch(self, job: JobSpec) -> None:
         self.inflight[job.hash] = job
         self.submissions[job.hash] = self.submissions.get(job.hash, 0) + 1
         resuming = job.resumable and job.checkpoint.is_file()
         self.progress.event("resume" if resuming else "start", job, "from its last checkpoint" if resuming else "")
+        self.submitted[job.hash] = time.time()
+        self.expected[job.hash] = len(launches(log_dir_of(self.sweep_dir, job))) + 1
         self.executor.submit(job, str(log_dir_of(self.sweep_dir, job)))
-        self.ran += 1
 
     def settle(self, job: JobSpec, result: dict) -> None:
         attempts = len(launches(log_dir_of(self.sweep_dir, job)))
-        self.walls[job.hash] = self.walls.get(job.hash, 0.0) + float(result.get("wall_s") or 0.0)
+        # from hand-over to result, as the user waits: Ray's relaunches of a lost worker included
+        self.walls[job.hash] = self.walls.get(job.hash, 0.0) + time.time() - self.submitted[job.hash]
         kind, error = result["kind"], result.get("error")
         if kind == "done":
             self.ledger.finish(job.hash, self.owner, "done", attempts, self.walls[job.hash], result["metrics"])

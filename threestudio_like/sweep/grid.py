@@ -145,6 +145,8 @@ def launch_job(config: Path, overrides: Sequence[str], prompt: str, seed: int, r
 def expand(configs: Sequence[Path], prompts: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
            sweep_dir: Path, refine: Optional[Path] = None) -> list[JobSpec]:
     """Every job of the grid, each coarse job followed by its refinement stage when ``refine`` is given."""
+    if not LAUNCH.is_file():
+        raise GridError(f"{LAUNCH} not found: sweeps run launch.py from a checkout of the project (pip install -e .)")
     runs_root = sweep_dir / "runs"
     jobs = []
     for config in configs:
