@@ -59,9 +59,8 @@ def prepare_run_dir(job: JobSpec) -> bool:
 def run_attempt(job: JobSpec, log_dir: str, use_gpu: bool = False) -> dict:
     """Launch ``job`` once and wait for it.
 
-    Returns ``{"kind": "done" | "user" | "crash", "rc", "error", "wall_s", "launches", "metrics"}``:
-    exit 0 is done, exit 2 a user error (its "error:" line), anything else — a signal, a traceback —
-    a crash that a retry may resume.
+    Returns ``{"kind", "rc", "error", "wall_s", "launches", "metrics"}``, ``kind`` as
+    :func:`outcome_kind` says; ``error`` is the one line that says why.
     """
     logs = Path(log_dir)
     logs.mkdir(parents=True, exist_ok=True)
@@ -85,10 +84,23 @@ def run_attempt(job: JobSpec, log_dir: str, use_gpu: bool = False) -> dict:
             stop(proc)
             raise
     wall = time.time() - start
-    kind = "done" if rc == 0 else "user" if rc == USER_ERROR else "crash"
-    error = None if kind == "done" else error_line(log_path, rc)
+    error = None if rc == 0 else error_line(log_path, rc)
+    kind = outcome_kind(rc, log_path)
     return {"kind": kind, "rc": rc, "error": error, "wall_s": wall, "launches": number,
             "metrics": read_metrics(Path(job.run_dir)) if kind == "done" else {}}
+
+
+def outcome_kind(rc: int, log_path: Path) -> str:
+    """done (exit 0); user (exit 2: a mistake in what was asked); stopped (exit 1 with launch.py's
+    own "error:" line: the run stopped itself, e.g. diverged, and would stop again); crash (a
+    signal, a traceback: a relaunch from the checkpoint may well finish)."""
+    if rc == 0:
+        return "done"
+    if rc == USER_ERROR:
+        return "user"
+    if rc == 1 and any(line.startswith("error:") for line in log_path.read_text(errors="replace").splitlines()):
+        return "stopped"
+    return "crash"
 
 
 def stop(proc: subprocess.Popen) -> None:
