@@ -2,6 +2,7 @@
 #              REFINE=1 adds the mesh refinement stages (coarse → geometry → texture)
 # make test  — installs into .venv and runs the tests
 # make bench — speed table (bench/speed.py); make bench-quality — the ground-truth guidance benchmark (--quick)
+# make web  — installs the run pages' 3D viewer (@google/model-viewer) from the npm registry into web/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,9 @@ DEMO_CONFIG ?= configs/$(METHOD)-$(REPR).yaml
 REFINE ?= 0
 REFINE_CONFIGS ?= configs/refine-geometry.yaml configs/refine-texture.yaml
 
-.PHONY: install demo test bench bench-quality clean
+MODEL_VIEWER := web/node_modules/@google/model-viewer/dist/model-viewer-umd.min.js
+
+.PHONY: install web chromium demo test bench bench-quality clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +30,18 @@ $(STAMP): $(PY) setup.py
 
 install: $(STAMP)
 
-demo: install
+$(MODEL_VIEWER): web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+	touch $(MODEL_VIEWER)
+
+web: $(MODEL_VIEWER)
+
+# the page tests need a browser: Debian's Chromium, when none is installed (they skip without one)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) \
+		|| echo "warning: could not install chromium; the browser tests will skip"
+
+demo: install web
 ifeq ($(REFINE),1)
 	$(PY) -m threestudio_like.chain $(DEMO_CONFIG) $(REFINE_CONFIGS) \
 		system.prompt_processor.prompt="$(PROMPT)" system.guidance_type=$(METHOD)
@@ -35,7 +49,7 @@ else
 	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
 endif
 
-test: install
+test: install web chromium
 	$(PY) -m pytest -q tests
 
 bench: install

@@ -5,6 +5,7 @@ setup(
     version="0.1.0",
     description="Text to 3D by score distillation (SDS, VSD, ASD, ESD, CSM) on NeRFs and 3D Gaussians",
     packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
+    package_data={"threestudio_like.page": ["*.js"]},  # the run page's splat viewer
     python_requires=">=3.10",
     install_requires=[
         # any installed torch >= 2.1 is accepted; `make` installs the CPU build 2.13.0 when none is present
@@ -30,6 +31,8 @@ setup(
         "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4", "diffrp-nvdiffrast>=0.3.3"],  # nvdiffrast compiles its plugin on first use (nvcc, ninja)
         # sweeps over a cluster (python -m threestudio_like.sweep); without it they run one after another
         "dist": ["ray>=2.9"],
-        "test": ["pytest>=7", "ray>=2.9"],
+        "tensorboard": ["tensorboard>=2.10"],
+        # the page tests drive the system's Chromium (executable_path): no browser is downloaded
+        "test": ["pytest>=7", "ray>=2.9", "playwright>=1.40"],
     },
 )

@@ -261,15 +261,16 @@ def test_splat_ply_round_trip(tmp_path):
     with torch.no_grad():
         for name in geo.param_names():
             getattr(geo, name).normal_()
-    path = geo.write_splat_ply(tmp_path / "splats.ply")
+    path = write_splat_ply(geo.splats(), tmp_path / "splats.ply")
     back = read_splat_ply(path)
     assert int(back["sh_degree"]) == 3  # padded for viewers
-    for key, name in (("means", "means"), ("f_dc", "features_dc"), ("opacities", "opacities"),
-                      ("scales", "scales"), ("rotations", "rotations")):
+    for key, name in (("means", "means"), ("f_dc", "features_dc"), ("opacities", "opacities"), ("scales", "scales")):
         assert np.array_equal(back[key], getattr(geo, name).detach().numpy())
+    unit = torch.nn.functional.normalize(geo.rotations.detach(), dim=-1).numpy()  # written as unit quaternions
+    assert np.allclose(back["rotations"], unit, atol=1e-6)
     assert np.array_equal(back["f_rest"][:, :8], geo.features_rest.detach().numpy())
     assert not back["f_rest"][:, 8:].any()
-    exact = read_splat_ply(write_splat_ply(geo, tmp_path / "own.ply", sh_degree=None))
+    exact = read_splat_ply(write_splat_ply(geo.splats(), tmp_path / "own.ply", sh_degree=None))
     assert int(exact["sh_degree"]) == 2 and np.array_equal(exact["f_rest"], geo.features_rest.detach().numpy())
     header = path.read_bytes().split(b"end_header")[0].decode()
     names = [line.split()[-1] for line in header.splitlines() if line.startswith("property")]

@@ -1,4 +1,7 @@
 """3D Gaussians end to end: a short SDS run with the embedded prior, export, and resuming."""
+import json
+
+import numpy as np
 import torch
 import trimesh
 
@@ -35,7 +38,10 @@ def test_short_sds_run_improves_held_out_psnr_exports_and_resumes(root, tmp_path
     assert len(mesh.faces) > 100
     splats = read_splat_ply(paths["splats"])
     assert len(splats["means"]) == count
-    assert torch.allclose(torch.from_numpy(splats["means"]), system.geometry.means.detach())
+    # splats.ply is in the export's frame (export.json), turned to the −Y up of 3DGS viewers
+    frame = np.array(json.loads(paths["json"].read_text())["frames"]["splats.ply"])
+    world = system.geometry.means.detach().double().numpy()
+    assert np.allclose(splats["means"], world @ frame[:3, :3].T + frame[:3, 3], atol=1e-5)
 
     # a fresh system (init_num_points Gaussians) resumes a checkpoint with another count, and trains on
     fresh, _ = build(cfg, torch.device("cpu"))

@@ -151,6 +151,8 @@ def run(args: argparse.Namespace, trainer) -> int:
             quality = trainer.quality()
             if quality is not None:
                 print(f"quality: {quality}: {quality.read_text().strip()}")
+            if cfg.trainer.page_at_end:
+                report_page(run_dir)
         elif args.validate:
             print(f"validation grid: {trainer.validate()}")
         elif args.test:
@@ -171,6 +173,16 @@ def run(args: argparse.Namespace, trainer) -> int:
         print(f"\nstopped: {name} after training; {trainer.kept_checkpoint()}", file=sys.stderr)
         return exit_code(getattr(stop, "signum", signal.SIGINT))
     return 0
+
+
+def report_page(run_dir: Path) -> None:
+    """Write the run page; a page that cannot be written is a warning, the run itself succeeded."""
+    from threestudio_like.page import PageError, write_run_page
+
+    try:
+        print(f"run page: {write_run_page(run_dir)}")
+    except (PageError, OSError) as error:
+        print(f"warning: the run page was not written: {error}", file=sys.stderr)
 
 
 def report_export(paths: dict) -> None:

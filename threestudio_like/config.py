@@ -217,9 +217,12 @@ class TrainerConfig:
     progress_bar: bool = True
     export_at_end: bool = True
     test_at_end: bool = True  # turntable video at the end of training
+    video_fps: int = 30  # turntable frames per second (data.n_test_views frames in all)
+    page_at_end: bool = True  # write the run page (page/index.html) at the end of training
+    tensorboard: bool = False  # also log scalars and validation images for TensorBoard (pip install -e '.[tensorboard]')
 
     def __post_init__(self) -> None:
-        check_at_least(self, 1, "max_steps", "val_check_interval", "checkpoint_interval", "log_every_n_steps")
+        check_at_least(self, 1, "max_steps", "val_check_interval", "checkpoint_interval", "log_every_n_steps", "video_fps")
 
 
 @dataclass

@@ -200,8 +200,8 @@ class RandomCameraConfig:
     light_distance_range: List[float] = field(default_factory=lambda: [0.8, 1.5])
     # DreamFusion's light: near the camera direction, with this standard deviation (world units)
     light_position_perturb: float = 1.0
-    eval_width: int = 256
-    eval_height: int = 256
+    eval_width: int = 512  # previews (validation, turntable): threestudio's 512² and 120 views
+    eval_height: int = 512
     eval_elevation: float = 15.0
     eval_camera_distance: float = 1.5
     eval_fovy: float = 70.0

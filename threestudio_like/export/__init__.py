@@ -23,11 +23,14 @@ import numpy as np
 import torch
 import trimesh
 
+from threestudio_like.config import check_choice
+
 from threestudio_like.export.isosurface import (
     ExportError, decimate, density_grid, marching_cubes, remove_floaters, resolve_threshold,
 )
 from threestudio_like.export.preview import load_export, render_mesh
-from threestudio_like.export.texture import bake_texture, vertex_colors
+from threestudio_like.export.splat_ply import splat_file_matrix, write_splat_ply
+from threestudio_like.export.texture import auto_texture_size, bake_texture, texture_image, vertex_colors
 from threestudio_like.export.writers import to_view_frame, write_glb, write_json, write_obj
 from threestudio_like.utils.atomic import TEMP_PREFIX, current_umask
 from threestudio_like.utils.checks import check_at_least
@@ -49,12 +52,19 @@ class ExportConfig:
     min_component_fraction: float = 0.05  # drop components with fewer faces than this × the largest's
     decimate_target_faces: int = 0  # 0 = keep every face; needs the fast-simplification package
     texture: bool = True  # bake a texture (xatlas UVs); False = vertex colours in OBJ and GLB (COLOR_0)
-    texture_size: int = 1024
+    texture_size: Any = "auto"  # side in texels, or "auto": from the surface area and texture_texels_per_unit
+    texture_texels_per_unit: float = 512.0  # "auto": texels per unit length, the asset's largest side being 1
     texture_padding: int = 2  # texels between UV charts
+    texture_brute_force: bool = True  # xatlas tries every chart position: a tighter atlas, a slower pack
     texture_dilation: int = 8  # iterations of gap filling around the charts
+    texture_format: str = "png"  # png | jpg: the OBJ's texture_kd.<format> (the GLB embeds a PNG)
+    texture_jpeg_quality: int = 90  # 1–95, for texture_format jpg
     vertex_colors: bool = False  # with a texture: also write per-vertex colours into the OBJ
     y_up: bool = True  # files in +Y up / front +Z (viewers' convention); False keeps the z-up world
-    unit_box: bool = True  # centre the mesh and scale its largest side to 1
+    unit_box: bool = True  # scale the asset's largest side to 1
+    placement: str = "center"  # center: bounding box on the origin | ground: resting on y = 0 | world
+    splat_up: str = "-y"  # splats.ply of Gaussian geometries: -y, the 3DGS viewers' convention, or +y as the mesh
+    splat_sh_degree: int = 3  # SH degree written to splats.ply (zero-padded: several viewers want 3)
     progress: bool = True  # tqdm bars for the density grid and colour queries
 
     def __post_init__(self) -> None:
@@ -63,8 +73,18 @@ class ExportConfig:
             raise ValueError(f"isosurface_threshold={threshold!r} is not accepted; use 'auto' or a density level > 0")
         if not 8 <= self.isosurface_resolution <= 2048:
             raise ValueError(f"isosurface_resolution={self.isosurface_resolution} must be between 8 and 2048")
-        if not 16 <= self.texture_size <= 16384:
-            raise ValueError(f"texture_size={self.texture_size} must be between 16 and 16384")
+        size = self.texture_size
+        if size != "auto" and not (isinstance(size, int) and not isinstance(size, bool) and 16 <= size <= 16384):
+            raise ValueError(f"texture_size={size!r} is not accepted; use 'auto' or a side between 16 and 16384")
+        if not self.texture_texels_per_unit > 0:
+            raise ValueError(f"texture_texels_per_unit={self.texture_texels_per_unit} must be > 0")
+        check_choice(self.texture_format, ("png", "jpg"), "texture_format")
+        if not 1 <= self.texture_jpeg_quality <= 95:
+            raise ValueError(f"texture_jpeg_quality={self.texture_jpeg_quality} must be between 1 and 95")
+        check_choice(self.placement, ("center", "ground", "world"), "placement")
+        check_choice(self.splat_up, ("-y", "+y"), "splat_up")
+        if not 0 <= self.splat_sh_degree <= 3:
+            raise ValueError(f"splat_sh_degree={self.splat_sh_degree} must be between 0 and 3")
         if not 0.0 <= self.min_component_fraction <= 1.0:
             raise ValueError(f"min_component_fraction={self.min_component_fraction} must be in [0, 1]")
         if not 0.0 < self.auto_threshold_fraction < 1.0:
@@ -107,13 +127,20 @@ def own_surface(geometry: torch.nn.Module) -> trimesh.Trimesh:
 def colour_mesh(geometry: torch.nn.Module, mesh: trimesh.Trimesh, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
     """A copy of ``mesh`` coloured from ``geometry.color``: a baked texture (``cfg.texture``) or vertex colours."""
     if cfg.texture:
-        return bake_texture(geometry, mesh, cfg.texture_size, cfg.chunk_size, cfg.texture_padding,
-                            cfg.texture_dilation, cfg.progress)
+        size = auto_texture_size(mesh, cfg.texture_texels_per_unit) if cfg.texture_size == "auto" else cfg.texture_size
+        return bake_texture(geometry, mesh, size, cfg.chunk_size, cfg.texture_padding,
+                            cfg.texture_dilation, cfg.progress, cfg.texture_brute_force)
     colors = vertex_colors(geometry, mesh, cfg.chunk_size, cfg.progress)
     rgba = np.concatenate([np.round(colors * 255.0), np.full((len(colors), 1), 255.0)], axis=1).astype(np.uint8)
     coloured = mesh.copy()
     coloured.visual = trimesh.visual.ColorVisuals(coloured, vertex_colors=rgba)
     return coloured
+
+
+def texture_side(mesh: trimesh.Trimesh) -> int | None:
+    """The side in texels of a textured mesh's base-colour image, or None."""
+    image = texture_image(mesh)
+    return None if image is None else int(image.size[0])
 
 
 def free_directory(out_dir: str | Path) -> Path:
@@ -127,31 +154,43 @@ def free_directory(out_dir: str | Path) -> Path:
 
 
 def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportConfig = ExportConfig()) -> dict[str, Path]:
-    """Write model.obj, model.mtl, texture_kd.png (textured), model.glb and export.json into a new
-    directory: ``out_dir``, or ``out_dir-2``, ``-3`` … when it exists (an export is never overwritten).
+    """Write model.obj, model.mtl, texture_kd.png|jpg (textured), model.glb, splats.ply (geometries
+    made of Gaussians) and export.json into a new directory: ``out_dir``, or ``out_dir-2``, ``-3`` …
+    when it exists (an export is never overwritten). Every file is in one frame and placement.
 
     Everything is built in a temporary directory beside it and renamed at the end, so a failure
-    leaves nothing behind. Returns {"obj", "mtl"?, "texture"?, "glb", "json", "dir"} → paths.
+    leaves nothing behind. Returns {"obj", "mtl"?, "texture"?, "glb", "splats"?, "json", "dir"} → paths.
     """
     mesh = extract_mesh(geometry, cfg)  # fails before anything touches the disk
     coloured = colour_mesh(geometry, mesh, cfg)
     extra_colors = vertex_colors(geometry, coloured, cfg.chunk_size, cfg.progress) if cfg.texture and cfg.vertex_colors else None
-    in_file, matrix = to_view_frame(coloured, cfg.y_up, cfg.unit_box)
+    in_file, matrix = to_view_frame(coloured, cfg.y_up, cfg.unit_box, cfg.placement)
     target = free_directory(out_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX, suffix=f"-{target.name}", dir=target.parent))
     os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it private; the export is an ordinary folder
     try:
-        files = write_obj(in_file, tmp, vertex_colors=extra_colors)
+        files = write_obj(in_file, tmp, texture_format=cfg.texture_format, jpeg_quality=cfg.texture_jpeg_quality,
+                          vertex_colors=extra_colors)
         files.update(write_glb(in_file, tmp))
+        frames = {path.name: matrix for path in files.values()}
+        splats = geometry.splats()  # declared by the Geometry interface: None for fields
+        if splats is not None:
+            frames["splats.ply"] = splat_file_matrix(matrix, cfg.splat_up)
+            files["splats"] = write_splat_ply(splats, tmp / "splats.ply", frames["splats.ply"], cfg.splat_sh_degree)
         info = {
             "surface": "isosurface" if mesh.metadata["isosurface_threshold"] is None else "marching cubes",
             "isosurface_threshold": mesh.metadata["isosurface_threshold"],
             "isosurface_resolution": cfg.isosurface_resolution, "radius": float(geometry.radius),
             "vertices": len(in_file.vertices), "faces": len(in_file.faces), "watertight": bool(mesh.is_watertight),
-            "texture_size": cfg.texture_size if cfg.texture else None,
-            "world_to_file": matrix.tolist(), "files": sorted(p.name for p in files.values()),
+            "texture_size": texture_side(in_file), "atlas_coverage": coloured.metadata.get("atlas_coverage"),
+            "up": "+y" if cfg.y_up else "+z", "placement": cfg.placement, "unit_box": cfg.unit_box,
+            "world_to_file": matrix.tolist(), "files": sorted(p.name for p in files.values()) + ["export.json"],
+            # each file's own 4×4 world → file matrix: the mesh files share one; splats.ply is turned to −Y up by default
+            "frames": {name: m.tolist() for name, m in sorted(frames.items())},
         }
+        if splats is not None:
+            info["splat_up"] = cfg.splat_up
         files.update(write_json(tmp, info))
         target = _move_into_place(tmp, target, Path(out_dir))
     except BaseException:

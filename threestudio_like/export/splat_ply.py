@@ -6,6 +6,9 @@ SH coefficient (colour = 0.5 + 0.2820948·f_dc), f_rest the higher-degree coeffi
 channel-major (all red, then green, then blue), opacity a logit, scales natural logs of σ and rot a
 wxyz quaternion. Normals are written as zeros (3DGS does the same).
 
+The export writes the file in the frame and placement of the mesh files, turned to the −Y-up
+convention of 3DGS viewers by default (``splat_file_matrix``); the transform is in export.json.
+
 Files are written with SH degree 3 (45 f_rest values, zero-padded) by default, because several
 viewers reject files with fewer.
 """
@@ -18,40 +21,87 @@ from typing import Optional
 import numpy as np
 import torch
 
+from threestudio_like.geometry.base import Splats
 from threestudio_like.utils.atomic import write_bytes
 
 SH_C0 = 0.28209479177387814
+# 3DGS tools (the reference viewer, SuperSplat, most web viewers) expect splat files with −Y up,
+# COLMAP's camera convention; a 180° turn about Z takes the +Y-up export frame there
+Y_UP_TO_SPLAT_VIEWERS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _PLY_TYPES = {"float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8", "uchar": "u1", "uint8": "u1",
               "char": "i1", "int8": "i1", "short": "<i2", "ushort": "<u2", "int": "<i4", "uint": "<u4"}
 
 
-def splat_arrays(geometry) -> dict[str, np.ndarray]:
-    """The stored (pre-activation) values of a Gaussian geometry as float32 arrays:
-    means [N,3], f_dc [N,3], f_rest [N,K,3], opacities [N] (logit), scales [N,3] (log), rotations [N,4]."""
-    with torch.no_grad():
-        if geometry.cfg.color_mode == "rgb":  # sigmoid RGB → the SH coefficient of the same colour
-            f_dc = (torch.sigmoid(geometry.features_dc) - 0.5) / SH_C0
-        else:
-            f_dc = geometry.features_dc
-        rest = geometry.features_rest if geometry.features_rest is not None else f_dc.new_zeros(len(f_dc), 0, 3)
-        values = {"means": geometry.means, "f_dc": f_dc, "f_rest": rest, "opacities": geometry.opacities,
-                  "scales": geometry.scales, "rotations": geometry.rotations}
-        return {k: v.detach().float().cpu().numpy() for k, v in values.items()}
+def splat_file_matrix(world_to_file: np.ndarray, up: str = "-y") -> np.ndarray:
+    """4×4 world → splat-file transform: the mesh files' transform, turned to −Y up for 3DGS
+    viewers (``up="-y"``) or kept as is (``up="+y"``)."""
+    return Y_UP_TO_SPLAT_VIEWERS @ world_to_file if up == "-y" else np.asarray(world_to_file, dtype=float)
 
 
-def write_splat_ply(geometry, path: str | os.PathLike, sh_degree: Optional[int] = 3) -> Path:
-    """Write ``geometry``'s Gaussians to ``path`` (atomically). ``sh_degree`` pads (or, if lower than
-    the geometry's, truncates) the SH coefficients; None keeps the geometry's own degree."""
-    a = splat_arrays(geometry)
-    n, k = a["f_rest"].shape[:2]
+def matrix_to_quaternion(rotation: np.ndarray) -> np.ndarray:
+    """A proper rotation matrix [3,3] → unit quaternion [4] (wxyz)."""
+    from scipy.spatial.transform import Rotation
+
+    x, y, z, w = Rotation.from_matrix(np.asarray(rotation, dtype=np.float64)).as_quat()
+    return np.array([w, x, y, z])
+
+
+def quaternion_product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamilton product a ⊗ b of wxyz quaternions (broadcasting over leading axes)."""
+    aw, ax, ay, az = np.moveaxis(a, -1, 0)
+    bw, bx, by, bz = np.moveaxis(b, -1, 0)
+    return np.stack([aw * bw - ax * bx - ay * by - az * bz, aw * bx + ax * bw + ay * bz - az * by,
+                     aw * by - ax * bz + ay * bw + az * bx, aw * bz + ax * by - ay * bx + az * bw], axis=-1)
+
+
+def sh_rotation(rotation: np.ndarray, degree: int, n_directions: int = 256) -> np.ndarray:
+    """[K,K] matrix T (K = (degree+1)²) with Σ_k Y_k(R d) (T c)_k = Σ_k Y_k(d) c_k for every unit d:
+    the SH coefficients of a colour function turned with the object. Solved by least squares on
+    random directions, exact because each SH band is closed under rotation."""
+    from threestudio_like.geometry.gaussians import eval_sh
+
+    k = (degree + 1) ** 2
+    dirs = torch.nn.functional.normalize(torch.randn(n_directions, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=-1)
+    # every basis function at once: coefficient row k = the k-th unit vector, one channel per function
+    unit = torch.eye(k, dtype=torch.float64).expand(n_directions, k, k)
+    rotated = dirs @ torch.as_tensor(rotation, dtype=torch.float64).T
+    y_old, y_new = eval_sh(degree, unit, dirs), eval_sh(degree, unit, rotated)  # [n,K] each
+    return torch.linalg.lstsq(y_new, y_old).solution.numpy()
+
+
+def transform_splats(splats: Splats, matrix: np.ndarray) -> dict[str, np.ndarray]:
+    """The Gaussians under x ↦ s R x + t (matrix 4×4: a rotation times a uniform scale, then a
+    translation) as float32 arrays: means [N,3], sh [N,K,3], opacities [N], log_scales [N,3], quats [N,4]."""
+    a = {name: getattr(splats, name).detach().double().cpu().numpy() for name in ("means", "quats", "log_scales", "opacity_logits", "sh")}
+    linear = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    scale = float(np.cbrt(np.linalg.det(linear)))
+    rotation = linear / scale
+    quats = a["quats"] / np.linalg.norm(a["quats"], axis=-1, keepdims=True).clip(min=1e-12)
+    degree = int(round(np.sqrt(a["sh"].shape[1]))) - 1
+    unturned = degree == 0 or np.allclose(rotation, np.eye(3))
+    sh = a["sh"] if unturned else np.einsum("kj,njc->nkc", sh_rotation(rotation, degree), a["sh"])
+    out = {"means": a["means"] @ linear.T + np.asarray(matrix)[:3, 3], "sh": sh, "opacities": a["opacity_logits"],
+           "log_scales": a["log_scales"] + np.log(scale), "quats": quaternion_product(matrix_to_quaternion(rotation), quats)}
+    return {key: value.astype(np.float32) for key, value in out.items()}
+
+
+def write_splat_ply(splats: Splats, path: str | os.PathLike, world_to_file: Optional[np.ndarray] = None,
+                    sh_degree: Optional[int] = 3) -> Path:
+    """Write ``splats`` to ``path`` (atomically), moved by the 4×4 ``world_to_file`` (identity when
+    None). ``sh_degree`` pads (or, if lower than the splats', truncates) the SH coefficients; None
+    keeps the splats' own degree."""
+    a = transform_splats(splats, np.eye(4) if world_to_file is None else world_to_file)
+    n = len(a["means"])
+    rest = a["sh"][:, 1:]
     if sh_degree is not None:
         wanted = (sh_degree + 1) ** 2 - 1
-        rest = np.zeros((n, wanted, 3), dtype=np.float32)
-        rest[:, : min(k, wanted)] = a["f_rest"][:, :wanted]
-        a["f_rest"], k = rest, wanted
-    columns = [a["means"], np.zeros((n, 3), np.float32), a["f_dc"],
-               a["f_rest"].transpose(0, 2, 1).reshape(n, 3 * k),  # channel-major, as 3DGS stores it
-               a["opacities"][:, None], a["scales"], a["rotations"]]
+        padded = np.zeros((n, wanted, 3), dtype=np.float32)
+        padded[:, : min(rest.shape[1], wanted)] = rest[:, :wanted]
+        rest = padded
+    k = rest.shape[1]
+    columns = [a["means"], np.zeros((n, 3), np.float32), a["sh"][:, 0],
+               rest.transpose(0, 2, 1).reshape(n, 3 * k),  # channel-major, as 3DGS stores it
+               a["opacities"][:, None], a["log_scales"], a["quats"]]
     names = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(3 * k)]
              + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])
     data = np.ascontiguousarray(np.concatenate(columns, axis=1).astype("<f4"))

@@ -45,15 +45,33 @@ def vertex_colors(geometry: torch.nn.Module, mesh: trimesh.Trimesh, chunk_size: 
     return query_color(geometry, np.asarray(mesh.vertices), chunk_size, progress, desc="vertex colours")
 
 
-def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas UV atlas → (vmapping [V'] old-vertex index per new vertex, faces [F,3] into the new
-    vertices, uv [V',2] in [0,1]). Vertices on chart seams are duplicated, so V' ≥ V."""
+def auto_texture_size(mesh: trimesh.Trimesh, texels_per_unit: float, fill: float = 0.75,
+                      smallest: int = 256, largest: int = 4096) -> int:
+    """The power-of-two texture side T whose T² texels give ``texels_per_unit`` texels per unit length
+    on the surface, lengths measured with the mesh's largest side as 1, when charts fill ``fill`` of
+    the atlas: T ≈ √(area / fill) · texels_per_unit, rounded in log scale, clipped to [smallest, largest]."""
+    extent = float(np.max(mesh.extents)) if len(mesh.vertices) else 1.0
+    area = float(mesh.area) / max(extent, 1e-12) ** 2
+    side = np.sqrt(max(area, 1e-12) / fill) * texels_per_unit
+    return int(np.clip(2 ** round(np.log2(side)), smallest, largest))
+
+
+def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, padding: int = 2,
+              brute_force: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas UV atlas packed into one texture_size² image → (vmapping [V'] old-vertex index per new
+    vertex, faces [F,3] into the new vertices, uv [V',2] in [0,1]). Vertices on chart seams are
+    duplicated, so V' ≥ V. xatlas chooses the texel density that fills the image; ``brute_force``
+    tries every chart position (tighter packing, slower)."""
     atlas = xatlas.Atlas()
     atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
     pack = xatlas.PackOptions()
     pack.resolution = int(texture_size)
-    pack.padding = int(padding)  # empty texels around each chart, filled later by dilation
-    pack.bilinear = True
+    # empty texels around each chart, filled later by dilation: they are what bilinear lookups at a
+    # chart's edge read, so xatlas's own extra bilinear border is not needed (+3 % coverage)
+    pack.padding = int(padding)
+    pack.bilinear = False
+    pack.bruteForce = bool(brute_force)
+    pack.rotate_charts = True
     # xatlas is the slow step of an export (about a minute for 150k faces on two CPU cores)
     log.info("unwrapping UVs of %d faces with xatlas%s", len(faces),
              "; set decimate_target_faces to make this faster" if len(faces) > 100_000 else "")
@@ -119,14 +137,15 @@ def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
 
 def bake_texture(
     geometry: torch.nn.Module, mesh: trimesh.Trimesh, texture_size: int = 1024, chunk_size: int = 262144,
-    padding: int = 2, dilate_iterations: int = 8, progress: bool = True,
+    padding: int = 2, dilate_iterations: int = 8, progress: bool = True, brute_force: bool = True,
 ) -> trimesh.Trimesh:
     """A copy of ``mesh`` with xatlas UVs and the albedo field baked into a texture_size² image.
 
     Returns a Trimesh (vertices split on seams) whose visual is TextureVisuals(uv, PBRMaterial with
-    baseColorTexture = the baked PIL image); vertex normals are those of the input mesh.
+    baseColorTexture = the baked PIL image); vertex normals are those of the input mesh;
+    ``metadata["atlas_coverage"]`` is the fraction of texels inside a chart.
     """
-    vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding)
+    vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding, brute_force)
     vertices = np.asarray(mesh.vertices)[vmapping]
     size = int(texture_size)
     corners = torch.as_tensor(vertices, dtype=torch.float32)
@@ -136,7 +155,8 @@ def bake_texture(
     covered = torch.zeros(size * size, dtype=torch.bool)
     image[texel] = torch.as_tensor(colors)
     covered[texel] = True
-    log.info("texture covers %.1f%% of %d^2 texels", 100.0 * covered.float().mean().item(), size)
+    coverage = covered.float().mean().item()
+    log.info("texture covers %.1f%% of %d^2 texels", 100.0 * coverage, size)
     image = dilate(image.view(size, size, 3), covered.view(size, size), dilate_iterations)
     pil = Image.fromarray((image.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), mode="RGB")
     material = trimesh.visual.material.PBRMaterial(
@@ -145,6 +165,7 @@ def bake_texture(
     normals = np.asarray(mesh.vertex_normals)[vmapping]
     textured = trimesh.Trimesh(vertices, faces, vertex_normals=normals, process=False,
                                visual=trimesh.visual.TextureVisuals(uv=uv, material=material))
+    textured.metadata["atlas_coverage"] = coverage
     return textured
 
 

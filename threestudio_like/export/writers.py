@@ -3,8 +3,9 @@
 Frames. The scene is z-up with its front facing +x. OBJ and glTF viewers (Blender's importers, web
 viewers) expect +Y up with the front facing +Z, so files are written in that frame:
 (x, y, z)_world → (y, z, x)_file, a proper rotation (the world's right-hand side, +y as seen from the
-front camera, becomes +X). Optionally the mesh is also centred on its bounding box and scaled so its
-largest side is 1. The 4×4 world → file matrix is returned so files can be mapped back.
+front camera, becomes +X). Optionally the mesh is also scaled so its largest side is 1 and centred on
+its bounding box, or rested on the ground plane (y = 0). The 4×4 world → file matrix is returned so
+files can be mapped back; every file of an export (and the splat file) uses it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 import trimesh
+from PIL import Image
 
 from threestudio_like.export.texture import texture_image
 from threestudio_like.utils.atomic import write_bytes
@@ -34,26 +36,33 @@ map_Kd {texture}
 """
 
 
-def view_frame_matrix(vertices: np.ndarray, y_up: bool = True, unit_box: bool = True) -> np.ndarray:
-    """4×4 world → file transform: optional z-up → y-up rotation, then optional bounding-box centring
-    and scaling to a largest side of 1. vertices: [V,3] world positions."""
+def view_frame_matrix(vertices: np.ndarray, y_up: bool = True, unit_box: bool = True, placement: str = "center") -> np.ndarray:
+    """4×4 world → file transform: optional z-up → y-up rotation, optional scaling to a largest side
+    of 1, then the placement of the bounding box: ``center`` (centred on the origin), ``ground``
+    (centred across, resting on the plane up = 0) or ``world`` (the world origin kept).
+    vertices: [V,3] world positions."""
     matrix = np.eye(4)
     if y_up:
         matrix[:3, :3] = WORLD_TO_Y_UP
-    if unit_box:
-        rotated = np.asarray(vertices) @ matrix[:3, :3].T
-        lo, hi = rotated.min(axis=0), rotated.max(axis=0)
-        scale = 1.0 / max(float((hi - lo).max()), 1e-12)
-        centring = np.eye(4)
-        centring[:3, :3] *= scale
-        centring[:3, 3] = -scale * 0.5 * (lo + hi)
-        matrix = centring @ matrix
-    return matrix
+    rotated = np.asarray(vertices) @ matrix[:3, :3].T
+    lo, hi = rotated.min(axis=0), rotated.max(axis=0)
+    scale = 1.0 / max(float((hi - lo).max()), 1e-12) if unit_box else 1.0
+    shift = np.zeros(3)
+    if placement in ("center", "ground"):
+        shift = -0.5 * (lo + hi)
+    if placement == "ground":
+        up = 1 if y_up else 2
+        shift[up] = -lo[up]
+    placing = np.eye(4)
+    placing[:3, :3] *= scale
+    placing[:3, 3] = scale * shift
+    return placing @ matrix
 
 
-def to_view_frame(mesh: trimesh.Trimesh, y_up: bool = True, unit_box: bool = True) -> tuple[trimesh.Trimesh, np.ndarray]:
+def to_view_frame(mesh: trimesh.Trimesh, y_up: bool = True, unit_box: bool = True,
+                  placement: str = "center") -> tuple[trimesh.Trimesh, np.ndarray]:
     """A copy of ``mesh`` (visuals kept) in the file frame, and the 4×4 world → file matrix."""
-    matrix = view_frame_matrix(mesh.vertices, y_up, unit_box)
+    matrix = view_frame_matrix(mesh.vertices, y_up, unit_box, placement)
     normals = np.asarray(mesh.vertex_normals) @ matrix[:3, :3].T
     normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(min=1e-12)
     vertices = np.asarray(mesh.vertices) @ matrix[:3, :3].T + matrix[:3, 3]
@@ -67,11 +76,22 @@ def _rows(fmt: str, array: np.ndarray) -> str:
     return buffer.getvalue()
 
 
-def write_obj(mesh: trimesh.Trimesh, directory: Path, name: str = "model", texture_name: str = "texture_kd.png",
-              vertex_colors: Optional[np.ndarray] = None) -> dict[str, Path]:
-    """``name.obj`` (v, vt, vn, f) + ``name.mtl`` (Kd 1 1 1, map_Kd) + the texture PNG for a textured
-    mesh; a mesh with ColorVisuals, or ``vertex_colors`` [V,3] in [0,1], gets ``v x y z r g b`` lines.
-    Returns {"obj", "mtl", "texture"} → paths (only those written)."""
+def encode_texture(image: Image.Image, texture_format: str = "png", jpeg_quality: int = 90) -> bytes:
+    """The texture as PNG or JPEG bytes (RGB)."""
+    buffer = io.BytesIO()
+    if texture_format == "jpg":
+        image.convert("RGB").save(buffer, format="JPEG", quality=int(jpeg_quality))
+    else:
+        image.convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_obj(mesh: trimesh.Trimesh, directory: Path, name: str = "model", texture_format: str = "png",
+              jpeg_quality: int = 90, vertex_colors: Optional[np.ndarray] = None) -> dict[str, Path]:
+    """``name.obj`` (v, vt, vn, f) + ``name.mtl`` (Kd 1 1 1, map_Kd) + ``texture_kd.png`` or
+    ``texture_kd.jpg`` for a textured mesh; a mesh with ColorVisuals, or ``vertex_colors`` [V,3] in
+    [0,1], gets ``v x y z r g b`` lines. Returns {"obj", "mtl", "texture"} → paths (only those written)."""
+    texture_name = f"texture_kd.{texture_format}"
     directory = Path(directory)
     image = texture_image(mesh)
     if vertex_colors is None and isinstance(mesh.visual, trimesh.visual.ColorVisuals) and mesh.visual.kind == "vertex":
@@ -89,9 +109,7 @@ def write_obj(mesh: trimesh.Trimesh, directory: Path, name: str = "model", textu
         header += f"mtllib {name}.mtl\n"
         body += _rows("vt %.6f %.6f", np.asarray(mesh.visual.uv)) + "usemtl material_0\n"
         body += _rows("f %d/%d/%d %d/%d/%d %d/%d/%d", np.repeat(faces, 3, axis=1))
-        png = io.BytesIO()
-        image.convert("RGB").save(png, format="PNG")
-        files["texture"] = write_bytes(directory / texture_name, png.getvalue())
+        files["texture"] = write_bytes(directory / texture_name, encode_texture(image, texture_format, jpeg_quality))
         files["mtl"] = write_bytes(directory / f"{name}.mtl", MTL_TEMPLATE.format(obj=f"{name}.obj", texture=texture_name).encode())
     else:
         body += _rows("f %d//%d %d//%d %d//%d", np.repeat(faces, 2, axis=1))

@@ -1,13 +1,30 @@
 """The geometry contract shared by the NeRF and the Gaussians.
 
-Export and the quality metrics work on any geometry through ``density`` and ``color`` alone.
+Export and the quality metrics work on any geometry through ``density`` and ``color`` alone; a
+geometry made of Gaussians also declares them through :meth:`Geometry.splats`, so the export writes
+them as a splat file too.
 """
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
+
+
+@dataclass
+class Splats:
+    """3D Gaussians in the world frame, as the standard splat file stores them (no activations):
+    means [N,3], quats [N,4] (wxyz, not necessarily unit), log_scales [N,3] (ln σ),
+    opacity_logits [N], sh [N,K,3] with K = (d+1)² (degree-0 coefficient first; colour of
+    direction d = 0.5 + Σ_k Y_k(d)·sh_k)."""
+
+    means: Tensor
+    quats: Tensor
+    log_scales: Tensor
+    opacity_logits: Tensor
+    sh: Tensor
 
 
 class Geometry(nn.Module):
@@ -36,3 +53,7 @@ class Geometry(nn.Module):
 
     def after_backward(self, render_out: dict[str, Tensor], step: int, optimizer: torch.optim.Optimizer) -> None:
         """Called after the backward pass, before the optimizer step (densification statistics…)."""
+
+    def splats(self) -> Optional[Splats]:
+        """The geometry's Gaussians, for a geometry made of them; None for fields (NeRF, SDF)."""
+        return None

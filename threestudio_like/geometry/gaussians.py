@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
 from threestudio_like.geometry import gaussian_densify as densify
-from threestudio_like.geometry.base import Geometry
+from threestudio_like.geometry.base import Geometry, Splats
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_above, check_at_least, check_between, check_learning_rates
 
@@ -396,8 +396,13 @@ class GaussianSplatting(Geometry):
         self.stats = densify.DensifyStats(len(state_dict.get("means", self.means)), self.means.device)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def write_splat_ply(self, path: str | os.PathLike) -> Path:
-        """Write the standard 3DGS ``.ply`` (what splat viewers open)."""
-        from threestudio_like.export.splat_ply import write_splat_ply
-
-        return write_splat_ply(self, path)
+    @torch.no_grad()
+    def splats(self) -> Splats:
+        """The Gaussians as stored values, detached; RGB colours become the SH coefficient of the same colour."""
+        if self.cfg.color_mode == "rgb":
+            dc = (torch.sigmoid(self.features_dc) - 0.5) / SH_C0
+        else:
+            dc = self.features_dc
+        sh = dc[:, None] if self.features_rest is None else torch.cat([dc[:, None], self.features_rest], dim=1)
+        return Splats(means=self.means.detach(), quats=self.rotations.detach(), log_scales=self.scales.detach(),
+                      opacity_logits=self.opacities.detach(), sh=sh.detach())

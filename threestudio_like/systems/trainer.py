@@ -24,6 +24,7 @@ from threestudio_like.config import TrainerConfig
 from threestudio_like.systems import visualize
 from threestudio_like.systems.checkpoint import checkpoint_meta, load_checkpoint, load_into, save_checkpoint
 from threestudio_like.systems.quality import evaluate_quality
+from threestudio_like.systems.tensorboard import TensorBoardLog
 from threestudio_like.utils.atomic import WriteError, describe, write_text
 from threestudio_like.utils.stop import DeferredSignals, RunStopped, exit_code
 
@@ -79,6 +80,7 @@ class Trainer:
         self.saved_step: Optional[int] = None  # the step of the last checkpoint on disk
         self.config_file: Optional[str] = None  # the run's config file that made the checkpoints
         self.resumed_config_file: Optional[str] = None  # the one recorded in the resumed checkpoint
+        self.board = TensorBoardLog(self.run_dir / "tensorboard") if cfg.tensorboard else None
 
     @property
     def save_dir(self) -> Path:
@@ -144,6 +146,8 @@ class Trainer:
                              f"{self.kept_checkpoint()}", 1) from None
         finally:
             bar.close()
+            if self.board is not None:
+                self.board.flush()
 
     def loop(self, log: MetricsLog, bar: tqdm, signals: DeferredSignals) -> None:
         window_start, window_steps = time.perf_counter(), 0
@@ -155,7 +159,10 @@ class Trainer:
             bar.set_postfix(loss=f"{logged['loss']:.4g}", t=f"{logged.get('t', float('nan')):.0f}", refresh=False)
             if self.step % self.cfg.log_every_n_steps == 0 or self.step == self.cfg.max_steps:
                 elapsed = time.perf_counter() - window_start
-                log.write({"step": self.step, "it_per_s": window_steps / max(elapsed, 1e-9), **logged})
+                row = {"step": self.step, "it_per_s": window_steps / max(elapsed, 1e-9), **logged}
+                log.write(row)
+                if self.board is not None:
+                    self.board.scalars(self.step, row)
                 window_start, window_steps = time.perf_counter(), 0
             self.check_progress()
             if self.step % self.cfg.val_check_interval == 0 or self.step == self.cfg.max_steps:
@@ -181,7 +188,21 @@ class Trainer:
         system = self.system
         cameras = system.sampler.validation_cameras()
         out = system.render(cameras, with_normal=True)
-        return visualize.write_image(self.save_dir / f"it{self.step}-val.png", visualize.grid_image(out))
+        grid = visualize.grid_image(out)
+        path = visualize.write_image(self.save_dir / f"it{self.step}-val.png", grid)
+        self.record_validation(grid)
+        return path
+
+    def record_validation(self, grid) -> None:
+        """Held-out metrics at this step into curve.csv (priors that know the truth), and TensorBoard."""
+        held_out = evaluate_quality(self.system, with_chamfer=False)
+        if held_out is not None:
+            held_out = {"step": self.step, **{k: v for k, v in held_out.items() if k != "chamfer"}}
+            MetricsLog(self.run_dir / "curve.csv").write(held_out)
+        if self.board is not None:
+            self.board.image("validation", self.step, grid)
+            if held_out is not None:
+                self.board.scalars(self.step, held_out, prefix="held_out")
 
     @torch.no_grad()
     def test(self) -> Path:
@@ -193,15 +214,12 @@ class Trainer:
             out = system.render(cameras[i], with_normal=True)
             normal = (out["normal"] * 0.5 + 0.5) * out["opacity"] + (1.0 - out["opacity"])
             frames.append(visualize.to_uint8(torch.cat([out["rgb"][0], normal[0]], dim=1)))
-        return visualize.write_video(self.save_dir / f"it{self.step}-test.mp4", frames)
+        return visualize.write_video(self.save_dir / f"it{self.step}-test.mp4", frames, fps=self.cfg.video_fps)
 
     def export(self) -> dict[str, Path]:
         from threestudio_like.export import export_geometry
 
         paths = export_geometry(self.system.geometry, self.save_dir / f"it{self.step}-export", self.system.cfg.exporter)
-        write_splats = getattr(self.system.geometry, "write_splat_ply", None)
-        if write_splats is not None:
-            paths["splats"] = write_splats(Path(paths["dir"]) / "splats.ply")
         self.last_export = Path(paths["dir"])
         return paths
 
