@@ -62,6 +62,10 @@ def test_training_writes_the_run_folder(trained_run):
     assert {"loss", "loss_sds", "t", "grad_norm", "it_per_s"} <= set(rows[0])
     quality = json.loads((run / "quality.json").read_text())
     assert {"psnr", "iou", "depth_error", "chamfer"} <= set(quality) and quality["psnr"] > 5
+    # held-out metrics at each validation, and the run page written at the end
+    assert [int(r["step"]) for r in csv.DictReader((run / "curve.csv").open())] == [10, 20]
+    page = (run / "page/index.html").read_text()
+    assert "../save/it20-test.mp4" in page and "../save/it20-val.png" in page and (run / "page/curves.png").is_file()
 
 
 def test_export_reads_back_in_trimesh(trained_run):
