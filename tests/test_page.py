@@ -68,3 +68,30 @@ def test_page_lists_the_export_and_quality(runs):
     for name in info["files"]:
         assert f"../save/it20-export/{name}" in text
     assert "21.5" in text and "atlas coverage" in text and "splats.ply" in text
+
+
+def test_serve_answers_on_loopback_only(runs):
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    from page_runs import ROOT
+
+    server = subprocess.Popen([sys.executable, "-m", "threestudio_like.page", str(runs[0]), "--serve", "--port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        line = ""
+        while "serving" not in line:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, server.stderr.read()
+        url = re.search(r"(http://\S+)", line).group(1)
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/page/index.html")
+        with urllib.request.urlopen(url, timeout=30) as answer:
+            assert answer.status == 200 and b"model-viewer" in answer.read()
+        video = url.replace("page/index.html", "save/it20-test.mp4")
+        with urllib.request.urlopen(video, timeout=30) as answer:  # the page's relative links resolve
+            assert answer.status == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
