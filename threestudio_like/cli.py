@@ -151,8 +151,8 @@ def run(args: argparse.Namespace, trainer) -> int:
             quality = trainer.quality()
             if quality is not None:
                 print(f"quality: {quality}: {quality.read_text().strip()}")
-            if cfg.trainer.page_at_end:
-                report_page(run_dir)
+            if cfg.page_at_end:
+                report_page(trainer.run_dir)
         elif args.validate:
             print(f"validation grid: {trainer.validate()}")
         elif args.test:
