@@ -13,6 +13,7 @@ from scipy.spatial import cKDTree
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.export import ExportConfig, extract_mesh
 from threestudio_like.geometry import marching_tets as mt
+from threestudio_like.geometry import tetrahedra_level
 from threestudio_like.registry import lookup
 
 SMALL_GRID = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "per_level_scale": 1.5, "start_level": 4}
@@ -252,27 +253,39 @@ def test_create_from_fits_the_colour_when_the_fields_differ(known_nerf):
     assert (untouched.color(points) - known_nerf.color(points)).abs().mean().item() > 2 * error
 
 
-def test_create_from_gaussians():
+def test_create_from_gaussians_converts_at_the_level_their_renders_show():
     cls = lookup("geometry", "gaussian-splatting")
     gaussians = cls(parse_structured(cls.Config, {"init_num_points": 16}, "system.geometry"))
     g = torch.Generator().manual_seed(0)
-    points = F.normalize(torch.randn(600, 3, generator=g), dim=-1) * 0.3 * torch.rand(600, 1, generator=g) ** (1 / 3)
+    # 400 sparse splats (σ 0.03, opacity 0.5) fill a ball of radius 0.3: solid in their renders, but
+    # their density reaches the export level 1 only in clumps
+    points = F.normalize(torch.randn(400, 3, generator=g), dim=-1) * 0.3 * torch.rand(400, 1, generator=g) ** (1 / 3)
     colors = torch.where(points[:, 2:] > 0, torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9]))
     gaussians.init_from_points(points, colors)
     with torch.no_grad():
-        gaussians.opacities.fill_(2.0)
-    tcls, cfg = tet_config(isosurface_resolution=24, color_fit_steps=100, color_fit_points=2048)
+        gaussians.opacities.fill_(0.0)
+        gaussians.scales.fill_(math.log(0.03))
+    at_export_level = extract_mesh(gaussians, ExportConfig(isosurface_resolution=64, progress=False, min_component_fraction=0))
+    assert len(at_export_level.split(only_watertight=False)) >= 5
+    tcls, cfg = tet_config(isosurface_resolution=24, color_fit_steps=60, color_fit_points=2048)
     with torch.no_grad():  # as the stage chaining calls it: the colour fit still trains
         grid = tcls.create_from(gaussians, cfg)
+    assert grid.source_level in [2.0**-k for k in range(1, 8)]
     mesh = grid.isosurface()
     tm = mesh.to_trimesh()
-    assert tm.is_watertight and tm.volume > 0 and len(tm.split(only_watertight=False)) == 1
-    reference = extract_mesh(gaussians, ExportConfig(isosurface_resolution=64, progress=False))
-    mean, _ = chamfer(tm, reference)
-    assert mean < 0.5 * (2.0 / 63)  # half an export voxel
+    assert tm.is_watertight and tm.volume > 0 and len(tm.split(only_watertight=False)) <= 2
+    radii = mesh.v_pos.norm(dim=-1)
+    assert radii.median() > 0.25 and radii.max() < 0.42  # (a small hollow inside may remain)
+    cameras = tetrahedra_level.silhouette_cameras(1.0)
+    iou = tetrahedra_level.mask_iou(tetrahedra_level.surface_masks(grid, cameras), tetrahedra_level.own_masks(gaussians, cameras))
+    assert iou > 0.85
     rgb = grid.color(mesh.v_pos.detach())
     top, bottom = mesh.v_pos[:, 2] > 0.15, mesh.v_pos[:, 2] < -0.15
     assert rgb[top, 0].mean() > rgb[top, 2].mean() + 0.3 and rgb[bottom, 2].mean() > rgb[bottom, 0].mean() + 0.3
+    # without the silhouette choice the conversion keeps the export level, clumps and all
+    _, export_cfg = tet_config(isosurface_resolution=24, color_fit_steps=0, level_from_silhouettes=False)
+    clumps = tcls.create_from(gaussians, export_cfg)
+    assert clumps.source_level == 1.0 and len(clumps.isosurface().to_trimesh().split(only_watertight=False)) >= 3
 
 
 def test_checkpoint_round_trip_and_texture_stage_from_a_refined_grid(tmp_path, known_nerf):

@@ -54,6 +54,7 @@ class TetrahedraSDFGridConfig:
     isosurface_remove_outliers: bool = True
     isosurface_outlier_n_faces_threshold: float = 0.01  # below 1: fraction of all faces; else a face count
     fit_grid_to_surface: bool = True  # create_from: the lattice covers the coarse surface's bounding cube
+    level_from_silhouettes: bool = True  # create_from Gaussians: the level their own renders show (see tetrahedra_level.py)
     grid_margin: float = 0.1  # ... enlarged by this fraction of its side on every side
     sdf_clamp: float = 2.0  # |sdf| limit in cells (every crossing edge is at most √3 cells long)
     init_radius: float = 0.5  # a fresh grid holds a sphere of this radius
@@ -112,6 +113,7 @@ class TetrahedraSDFGrid(Geometry):
         # hash-grid levels inherited from a trained field stay on whatever this stage's schedule says
         self.register_buffer("inherited_levels", torch.tensor(0))
         self._cached_mesh: Optional[Mesh] = None
+        self.source_level: Optional[float] = None  # the density level create_from converted at
         with torch.no_grad():
             points = self.lattice_points(torch.arange(n_vertices))
             self.set_sdf_cells((cfg.init_radius - points.norm(dim=-1)) / self.cell)

@@ -2,7 +2,9 @@
 
 Surface: ``other.density()`` is sampled on the lattice and the level is the export's ("auto": the
 geometry's ``isosurface_threshold()``, or half the peak when the field never reaches it), so marching
-tetrahedra reproduce the surface the coarse export's marching cubes would give. The density minus
+tetrahedra reproduce the surface the coarse export's marching cubes would give. For geometries that
+render themselves (the Gaussians) the level is chosen by their silhouettes instead
+(``level_from_silhouettes``, see :mod:`threestudio_like.geometry.tetrahedra_level`). The density minus
 the level is divided by its own gradient magnitude (central differences on the lattice) to give a
 signed distance in cells — a first-order distance estimate with the same zero set and signs; it keeps
 the crossings where the field is steep (threestudio clamps the raw level to ±1 instead, which pulls
@@ -154,19 +156,23 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
             if grid.deformation is not None and other.deformation is not None:
                 grid.deformation.copy_(other.deformation)
     else:
+        from threestudio_like.geometry import tetrahedra_level
+
         density = lattice_density(grid, other)
         level = resolve_threshold(density.cpu().numpy(), "auto", other)
-        inside = density > level
-        if not bool(inside.any()):
+        by_silhouette = grid.cfg.level_from_silhouettes and tetrahedra_level.self_rendered(other)
+        if not bool((density > level).any()):
             raise ValueError(
                 f"the stage-1 geometry has no surface to convert: its density never exceeds {level:.4g} "
                 f"(max {float(density.max()):.4g}) on the grid over [-{grid.radius:g}, {grid.radius:g}]^3"
             )
+        if by_silhouette:  # chosen on this first lattice, then the box fits the chosen surface
+            level = tetrahedra_level.best_level(grid, other, density, level)
         if grid.cfg.fit_grid_to_surface:
-            fit_lattice_box(grid, inside)
+            fit_lattice_box(grid, density > level)
             density = lattice_density(grid, other)
-        cells = distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp)
-        grid.set_sdf_cells(cells)
+        grid.set_sdf_cells(distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
+        grid.source_level = level
         log.info("tetrahedral grid %d^3 from %s at density %.4g: box centre %s, half side %.3g", grid.resolution,
                  type(other).__name__, level, np.round(grid.grid_center.cpu().numpy(), 3).tolist(), float(grid.grid_half))
     if copy_net and not copy_color_field(grid, other):

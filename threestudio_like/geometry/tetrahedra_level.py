@@ -1,0 +1,89 @@
+"""The conversion level for geometries that render themselves without a volume density (the Gaussians).
+
+A splat model's density Σ oᵢ·exp(−½ dᵀΣᵢ⁻¹d) at the export level (1, DreamGaussian's) is what the
+Gaussians' own renders show only where they are dense: a CPU-sized model (a few thousand splats)
+gives a surface full of holes and in pieces although its renders are solid and touching. So the
+level is chosen by what the model shows: among export level · 2⁻ᵏ (k = 0 … 7), the one whose
+marching-tetrahedra surface has the silhouettes closest (mask IoU, 12 orbit views) to the Gaussians'
+own opacity renders; ties keep the higher level.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from threestudio_like.geometry import tetrahedra_init as init
+
+if TYPE_CHECKING:
+    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+
+log = logging.getLogger(__name__)
+
+# geometries that render themselves, and the renderer that shows them as the user saw them
+SELF_RENDERED = {"gaussian-splatting": "gaussian-rasterizer"}
+N_CANDIDATES = 8
+SIZE = 64
+
+
+def silhouette_cameras(radius: float):
+    """8 views around at elevation 15° and 4 from above (60°), framing a ball of ``radius``."""
+    from threestudio_like.data.cameras import make_cameras
+
+    elevation = torch.tensor([15.0] * 8 + [60.0] * 4)
+    azimuth = torch.cat([torch.arange(8) * 45.0, torch.arange(4) * 90.0 + 45.0])
+    n = len(elevation)
+    return make_cameras(elevation, azimuth, torch.full((n,), 2.5 * radius), torch.full((n,), 40.0), SIZE, SIZE)
+
+
+def own_masks(other, cameras) -> Tensor:
+    """other's opacity renders > 0.5 → [C,H,W] bool."""
+    from threestudio_like.materials.plain_albedo import PlainAlbedo, PlainAlbedoConfig
+    from threestudio_like.registry import lookup
+    from threestudio_like.renderers.background import SolidColorBackground, SolidColorConfig
+
+    renderer_cls = lookup("renderer", SELF_RENDERED[other.registered_name])
+    renderer = renderer_cls(renderer_cls.Config())
+    with torch.no_grad():
+        out = renderer.render(other, PlainAlbedo(PlainAlbedoConfig()), SolidColorBackground(SolidColorConfig()), cameras)
+    return out["opacity"][..., 0].cpu() > 0.5
+
+
+def surface_masks(grid: "TetrahedraSDFGrid", cameras) -> Tensor:
+    """Coverage of grid's current surface → [C,H,W] bool (all False for an empty surface)."""
+    from threestudio_like.renderers.rasterize import clip_positions, rasterize
+
+    with torch.no_grad():
+        mesh = grid.extract()
+        if mesh.n_faces == 0:
+            return torch.zeros(len(cameras), cameras.height, cameras.width, dtype=torch.bool)
+        cameras = cameras.to(mesh.v_pos.device)
+        rast = rasterize(clip_positions(mesh.v_pos, cameras), mesh.t_pos_idx.int(), cameras.height, cameras.width)
+    return rast[..., 3].cpu() > 0
+
+
+def mask_iou(a: Tensor, b: Tensor) -> float:
+    union = (a | b).sum()
+    return float((a & b).sum() / union) if union > 0 else 0.0
+
+
+def self_rendered(other) -> bool:
+    return getattr(other, "registered_name", None) in SELF_RENDERED
+
+
+def best_level(grid: "TetrahedraSDFGrid", other, density: Tensor, export_level: float) -> float:
+    """The candidate level (module docstring) whose surface best matches other's silhouettes.
+    density [(R+1)³] is other's density on grid's lattice; grid's sdf is left at the last candidate."""
+    cameras = silhouette_cameras(float(other.radius))
+    target = own_masks(other, cameras)
+    scores = []
+    for k in range(N_CANDIDATES):
+        level = export_level * 2.0**-k
+        grid.set_sdf_cells(init.distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
+        scores.append((mask_iou(surface_masks(grid, cameras), target), -k, level))
+    iou, _, level = max(scores)
+    log.info("conversion level of %s: %.4g (silhouette IoU %.3f against its renders; %.3f at the export level %.4g)",
+             type(other).__name__, level, iou, scores[0][0], export_level)
+    return level
