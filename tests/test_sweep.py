@@ -212,8 +212,10 @@ def test_jobs_are_identified_by_config_not_folder(tmp_path):
     longer = expand(configs, ["a red ball"], [0], ["trainer.max_steps=60"], tmp_path / "a")
     assert longer[0].hash not in {j.hash for j in here}
     # a refinement stage follows each job and starts from that job's run folder
-    refine = expand(configs[:1], ["a red ball"], [0], [], tmp_path / "a", refine=configs[1])
-    assert refine[1].after == refine[0].hash and f"system.geometry_convert_from={refine[0].run_dir}" in refine[1].argv
+    chain = expand(configs[:1], ["a red ball"], [0], [], tmp_path / "a", refine=configs)
+    assert [j.stage for j in chain] == ["coarse", "sds-nerf", "vsd-nerf"]
+    for before, stage in zip(chain, chain[1:]):  # each stage starts from the run folder of the one before
+        assert stage.after == before.hash and f"system.geometry_convert_from={before.run_dir}" in stage.argv
     with pytest.raises(GridError, match="known beside --config: .*sds-nerf"):
         resolve_variants(str(ROOT / "configs" / "sds-nerf.yaml"), ["nope"])
 

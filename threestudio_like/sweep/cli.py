@@ -39,8 +39,8 @@ def run_parser() -> argparse.ArgumentParser:
                         help="comma-separated configs beside --config (sds-nerf,vsd-nerf) or YAML paths; default: --config alone")
     parser.add_argument("--prompts", required=True, help="text file, one prompt per line (# starts a comment)")
     parser.add_argument("--seeds", default="0", help="comma-separated, e.g. 0,1 (default 0)")
-    parser.add_argument("--refine", default=None, help="config of the refinement stage run after each job "
-                        "(launch.py --config REFINE --train system.geometry_convert_from=<the job's run folder>)")
+    parser.add_argument("--refine", default=None, help="refinement stage configs, comma-separated, run in order after each job, "
+                        "each converted from the one before (launch.py --config STAGE --train system.geometry_convert_from=<run folder>)")
     parser.add_argument("--out", default="outputs/sweep", help="sweep folder: ledger, run folders, report (default outputs/sweep)")
     parser.add_argument("--address", default=None, help="Ray cluster to join: auto, or ray://host:port (default: a local Ray)")
     parser.add_argument("--executor", choices=("auto", "ray", "sequential"), default="auto",
@@ -83,7 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     sweep_dir = Path(args.out).resolve()
     try:
         configs = resolve_variants(args.config, args.variants)
-        refine = resolve_variants(args.refine, None)[0] if args.refine else None
+        refine = [resolve_variants(stage, None)[0] for stage in split_list(args.refine or "")]
         jobs = expand(configs, read_prompts(args.prompts), parse_seeds(args.seeds), overrides, sweep_dir, refine)
         return run_sweep(args, jobs, sweep_dir)
     except (GridError, ConfigError, ExecutorError) as error:

@@ -1,4 +1,4 @@
-"""The grid of a sweep: variants × prompts × seeds (× the refinement stage), each job an ordinary
+"""The grid of a sweep: variants × prompts × seeds (× refinement stages), each job an ordinary
 ``launch.py --train`` command with its own run folder, identified by the hash of its config."""
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class JobSpec:
     variant: str
     prompt: str
     seed: int
-    stage: str  # "coarse", "refine", or a benchmark's own kind
+    stage: str  # "coarse", a refinement stage's config name, or a benchmark's own kind
     run_dir: str  # absolute
     argv: tuple[str, ...]
     resumable: bool = True  # a retry appends resume=<run_dir>/ckpts/last.ckpt when that exists
@@ -143,8 +143,9 @@ def launch_job(config: Path, overrides: Sequence[str], prompt: str, seed: int, r
 
 
 def expand(configs: Sequence[Path], prompts: Sequence[str], seeds: Sequence[int], overrides: Sequence[str],
-           sweep_dir: Path, refine: Optional[Path] = None) -> list[JobSpec]:
-    """Every job of the grid, each coarse job followed by its refinement stage when ``refine`` is given."""
+           sweep_dir: Path, refine: Sequence[Path] = ()) -> list[JobSpec]:
+    """Every job of the grid, each coarse job followed by the refinement stages ``refine`` in order,
+    each stage converted from the one before (stage name: the stage config's file name)."""
     if not LAUNCH.is_file():
         raise GridError(f"{LAUNCH} not found: sweeps run launch.py from a checkout of the project (pip install -e .)")
     runs_root = sweep_dir / "runs"
@@ -152,8 +153,7 @@ def expand(configs: Sequence[Path], prompts: Sequence[str], seeds: Sequence[int]
     for config in configs:
         for prompt in prompts:
             for seed in seeds:
-                coarse = launch_job(config, overrides, prompt, seed, runs_root)
-                jobs.append(coarse)
-                if refine is not None:
-                    jobs.append(launch_job(refine, overrides, prompt, seed, runs_root, stage="refine", after=coarse))
+                jobs.append(launch_job(config, overrides, prompt, seed, runs_root))
+                for stage in refine:
+                    jobs.append(launch_job(stage, overrides, prompt, seed, runs_root, stage=stage.stem, after=jobs[-1]))
     return jobs
