@@ -245,12 +245,14 @@ def hash_peer(args, HashEncoding, points) -> None:
 
     torch.manual_seed(0)
     print("\n| hash grid fwd+bwd (same table, all levels hashed) | points | ours ms | nerfstudio ms | ours / peer | max abs Δ out | max abs Δ table grad |\n|---|---|---|---|---|---|---|")
-    for levels, log2, finest in ((8, 12, 127), (16, 12, 4096)):  # the demo's and threestudio's resolutions
+    # the demo's and threestudio's resolutions; the finest a half above an integer, so that nerfstudio's
+    # float32 floor(16·g^l) and ours give the same integer resolution on every level
+    for levels, log2, finest in ((8, 12, 127.5), (16, 12, 4096.5)):
         peer = HashEncoding(num_levels=levels, min_res=16, max_res=finest, log2_hashmap_size=log2, implementation="torch")
         ours = HashGrid(HashGridConfig(n_levels=levels, log2_hashmap_size=log2, base_resolution=16,
                                        per_level_scale=float(peer.growth_factor), start_level=levels))
-        if ours.n_dense:
-            raise RuntimeError("the comparison needs every level hashed")
+        if ours.n_dense or ours.resolutions != peer.scalings.int().tolist():
+            raise RuntimeError("the comparison needs every level hashed, at the same resolutions")
         with torch.no_grad():
             peer.hash_table.uniform_(-1.0, 1.0)
             ours.table.copy_(peer.hash_table)
@@ -263,7 +265,7 @@ def hash_peer(args, HashEncoding, points) -> None:
             module(points).backward(grad)
         d_out = (ours(points) - peer(points)).abs().max().item()
         d_grad = (ours.table.grad - peer.hash_table.grad).abs().max().item()
-        print(f"| {levels} levels, 2^{log2} | {len(points)} | {times['ours']:.1f} | {times['peer']:.1f} | "
+        print(f"| {levels} levels ({ours.resolutions[0]}…{ours.resolutions[-1]}), 2^{log2} | {len(points)} | {times['ours']:.1f} | {times['peer']:.1f} | "
               f"{times['ours'] / times['peer']:.2f} | {d_out:.1e} | {d_grad:.1e} |")
 
 

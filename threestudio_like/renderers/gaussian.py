@@ -201,10 +201,11 @@ def _live_entries(e: dict[str, Tensor], max_alpha: float) -> dict[str, Tensor]:
 def _sigma(mu: Tensor, conic: Tensor, row_py: Tensor, row: Tensor, px: Tensor) -> Tensor:
     """½ dᵀΣ⁻¹d [M] at pixel centres: rows carry the Gaussian (mu [R,2], conic [R,3]) and the pixel
     row row_py [R]; each pair names its row [M] and its pixel column px [M]."""
+    take = lambda values: values.index_select(0, row)  # noqa: E731 (several times faster than [row] on a CPU, forward and backward)
     dy = row_py.to(mu.dtype) + 0.5 - mu[:, 1]
     linear, constant = conic[:, 1] * dy, 0.5 * conic[:, 2] * dy * dy
-    dx = px.to(mu.dtype) + 0.5 - mu[:, 0][row]
-    return (0.5 * conic[:, 0])[row] * dx * dx + linear[row] * dx + constant[row]
+    dx = px.to(mu.dtype) + 0.5 - take(mu[:, 0])
+    return take(0.5 * conic[:, 0]) * dx * dx + take(linear) * dx + take(constant)
 
 
 def rasterize_sparse(
@@ -223,13 +224,15 @@ def rasterize_sparse(
         e = _pixel_entries(means2d.detach(), conics.detach(), opacities.detach(), radii, order, width, height)
         e = _live_entries(e, max_alpha)
     row_gid, row = e["row_gid"], e["row"]
-    sigma = _sigma(means2d.reshape(-1, 2)[row_gid], conics.reshape(-1, 3)[row_gid], e["row_py"], row, e["px"])
+    pair_gid = row_gid.index_select(0, row)
+    sigma = _sigma(means2d.reshape(-1, 2).index_select(0, row_gid), conics.reshape(-1, 3).index_select(0, row_gid),
+                   e["row_py"], row, e["px"])
     # sigma is capped before exp (α is cut at 1/255 anyway): subnormal floats are very slow on CPUs.
     # Every pair left has σ ≥ 0 and α ≥ 1/255 (the same arithmetic chose them): no mask needed.
-    alpha = (opacities.reshape(-1)[row_gid][row] * torch.exp(-sigma.clamp(max=60.0))).clamp(max=max_alpha)
+    alpha = (opacities.reshape(-1).index_select(0, pair_gid) * torch.exp(-sigma.clamp(max=60.0))).clamp(max=max_alpha)
     log_t = torch.log1p(-alpha).double()
     weight = alpha * torch.exp(segment_exclusive_cumsum(log_t, e["first"], e["segment"])).to(alpha.dtype)
-    image = features.new_zeros(C * height * width, D).index_add(0, e["pixel"], weight[:, None] * features.reshape(-1, D)[row_gid[row]])
+    image = features.new_zeros(C * height * width, D).index_add(0, e["pixel"], weight[:, None] * features.reshape(-1, D).index_select(0, pair_gid))
     log_T = log_t.new_zeros(C * height * width).index_add(0, e["pixel"], log_t)
     alpha_image = (1 - torch.exp(log_T)).to(features.dtype)
     return image.reshape(C, height, width, D), alpha_image.reshape(C, height, width, 1)

@@ -23,4 +23,4 @@ def segment_exclusive_cumsum(values: Tensor, first: Tensor, segment: Tensor) -> 
     """Exclusive running sum of ``values`` [M] restarting at every segment; ``first`` [S] are the
     segments' first positions, ``segment`` [M] each entry's segment (from :func:`segments`)."""
     running = torch.cumsum(values, 0) - values
-    return running - running[first][segment]
+    return running - running.index_select(0, first).index_select(0, segment)
