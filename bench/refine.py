@@ -122,6 +122,23 @@ def picture(rows: list[dict], path: Path, size: int = 128) -> Path:
     return path
 
 
+def read_rows(path: Path) -> list[dict]:
+    """refine.csv back into rows (numbers as numbers)."""
+    import csv
+
+    def value(text: str):
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                return float(text)
+            except ValueError:
+                return text
+
+    with path.open() as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="a red ball on a blue box")
@@ -137,15 +154,19 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="outputs/bench-refine")
     parser.add_argument("--doc", default=None, help="write the table and picture into this Markdown file")
     parser.add_argument("--quick", action="store_true", help="CI size: one NeRF job of a few steps at tiny sizes")
+    parser.add_argument("--report-only", action="store_true", help="rows from <out>/refine.csv of an earlier invocation")
     args = parser.parse_args(argv)
     if args.quick:
         args.reprs, args.coarse_steps, args.refine_steps = "nerf", 4, 3
         args.set += ["data.n_test_views=2", "system.exporter.texture_size=64", "system.geometry.isosurface_resolution=16"]
     args.stages = [s for s in args.stages.split(",") if s]
-    rows = [run_chain(scene, repr_, method, args) for scene in args.scenes.split(",")
-            for repr_ in args.reprs.split(",") for method in args.methods.split(",")]
     out = Path(args.out)
-    write_csv(out / "refine.csv", rows)
+    if args.report_only:
+        rows = read_rows(out / "refine.csv")
+    else:
+        rows = [run_chain(scene, repr_, method, args) for scene in args.scenes.split(",")
+                for repr_ in args.reprs.split(",") for method in args.methods.split(",")]
+        write_csv(out / "refine.csv", rows, columns=list(rows[0]))
     markdown = table(rows)
     (out / "refine.md").write_text(markdown + "\n")
     print(markdown)
