@@ -44,9 +44,12 @@ PARTS = ("render", "vae_encode", "unet", "unet_lora", "lora_train_forward", "gui
 
 def _sizes(text: str) -> list[tuple[int, int]]:
     try:
-        return [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
+        sizes = [tuple(int(v) for v in item.split("x")) for item in text.split(",") if item]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected N×resolution pairs like 2000x32,10000x128") from None
+        sizes = []
+    if not sizes or any(len(size) != 2 or min(size) < 1 for size in sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected N×resolution pairs like 2000x32,10000x128")
+    return sizes
 
 
 def parse_args(argv=None) -> argparse.Namespace:
