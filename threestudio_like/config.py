@@ -14,6 +14,7 @@ A part's options belong to its type, so that files and overrides compose:
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -126,7 +127,11 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
     accepted = ", ".join(f.name for f in dataclasses.fields(schema))
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), values)
-        return OmegaConf.to_object(node)  # runs __post_init__ checks
+        parsed = OmegaConf.to_object(node)  # runs __post_init__ checks
+        bad = find_non_finite(parsed, "")
+        if bad is not None:
+            raise BadValue(*bad, "use a finite number (no config value may be NaN or infinite)")
+        return parsed
     except ConfigKeyError as error:
         key = join_key(where, str(error.full_key))
         raise ConfigError(f"unknown config key {key!r}; accepted keys here: {accepted}") from None
@@ -138,6 +143,27 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         if isinstance(error, BadValue):
             raise ConfigError(f"config error: {join_key(where, str(error))}") from None
         raise ConfigError(f"config error at {where!r}: {shorten(str(error).splitlines()[0], 300)}") from None
+
+
+def find_non_finite(value: Any, key: str) -> Optional[tuple[str, float]]:
+    """(dotted key, value) of the first NaN or inf inside a parsed config (dataclasses, lists, mappings),
+    or None: NaN compares false with every bound, so it would slip through ``x < 0``-style checks,
+    and inf overflows wherever a value becomes a size."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return key, value
+    if dataclasses.is_dataclass(value):
+        children = ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    elif isinstance(value, dict):
+        children = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        children = (("", v) for v in value)
+    else:
+        return None
+    for name, child in children:
+        found = find_non_finite(child, join_key(key, name))
+        if found is not None:
+            return found
+    return None
 
 
 def raised_in(schema: type, error: BaseException) -> str:
@@ -247,7 +273,7 @@ class ExperimentConfig:
         check_file_name(self, "name")
         check_file_name(self, "tag", allow_empty=True)
         check_between(self, 0, 2**32 - 1, "seed")  # numpy's seed range
-        check_at_least(self, 0, "cpu_threads")
+        check_between(self, 0, 1024, "cpu_threads")  # OpenMP aborts when it cannot allocate a huge pool
         if not str(self.exp_root_dir).strip():
             raise BadValue("exp_root_dir", self.exp_root_dir, "use a folder, e.g. outputs")
 

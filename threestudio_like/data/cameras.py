@@ -187,6 +187,10 @@ def orbit_cameras(
     return make_cameras(full(elevation), azimuth, full(distance), full(fovy), width, height)
 
 
+# renders larger than this (per side) exhaust any memory this renderer runs in
+MAX_RESOLUTION = 8192
+MAX_VIEWS = 10000  # validation grid / turntable frames: all are rendered and held in memory
+
 @dataclass
 class RandomCameraConfig:
     width: Any = 64  # int, or a list with one entry per stage of ``resolution_milestones``
@@ -220,6 +224,8 @@ class RandomCameraConfig:
                 f"{len(self.resolution_milestones) + 1} for resolution_milestones={list(self.resolution_milestones)}"
             )
         check_at_least(self, 1, "width", "height", "batch_size", "eval_width", "eval_height", "n_val_views", "n_test_views")
+        check_between(self, 1, MAX_RESOLUTION, "width", "height", "eval_width", "eval_height")
+        check_between(self, 1, MAX_VIEWS, "n_val_views", "n_test_views")
         check_at_least(self, 0, "resolution_milestones", "light_position_perturb")
         if list(self.resolution_milestones) != sorted(self.resolution_milestones):
             raise BadValue("resolution_milestones", list(self.resolution_milestones), "list the steps in increasing order")

@@ -52,7 +52,8 @@ class QualityConfig:
     seed: int = 0  # of the surface sampling behind Chamfer (two identical runs report the same)
 
     def __post_init__(self) -> None:
-        check_at_least(self, 1, "n_views", "n_surface_points")
+        check_between(self, 1, 1000, "n_views")
+        check_between(self, 1, 10_000_000, "n_surface_points")  # both point sets are held in memory
         check_between(self, 8, 2048, "mesh_resolution")
         check_between(self, -90.0, 90.0, "elevation")
 

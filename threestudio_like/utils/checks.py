@@ -127,5 +127,5 @@ def check_file_name(cfg: Any, key: str, allow_empty: bool = False) -> None:
     value = getattr(cfg, key)
     if value == "" and allow_empty:
         return
-    if not isinstance(value, str) or value in ("", ".", "..") or any(c in value for c in "/\\\0"):
+    if not isinstance(value, str) or value.strip() in ("", ".", "..") or any(c in value for c in "/\\\0"):
         raise BadValue(key, value, "use a plain folder name (no '/', '\\', '..'), e.g. my-run")
