@@ -69,7 +69,7 @@ BAD = [
     (["cpu_threads=-1"], "cpu_threads=-1"),
     (["cpu_threads=1000000"], "cpu_threads=1000000"),
     (["data.n_test_views=100000000"], "data.n_test_views"),
-    (["name= "], "name="),
+    (["name='  '"], "name="),
     (["seed=-3"], "seed=-3"),
     (["tag=../../elsewhere"], "tag="),
     (["name=.."], "name="),
