@@ -78,6 +78,11 @@ BAD_INPUTS = [
     ("system.quality.elevation=120", "system.quality.elevation"), ("system.prior.supersample=0", "supersample"),
     ("system.prior.azimuth_step_deg=0", "azimuth_step_deg"), ("cpu_threads=-4", "cpu_threads"), ("seed=99999999999", "seed"),
     ("name=", "name"), ("tag=..", "tag"), ("tag=x/../../y", "tag"), ("exp_root_dir=' '", "exp_root_dir"),
+    ("system.geometry.finite_difference_eps=.inf", "system.geometry.finite_difference_eps"),
+    ("system.geometry.density_blob_scale=.nan", "system.geometry.density_blob_scale"),
+    ("system.quality.n_surface_points=100000000000", "system.quality.n_surface_points"),
+    ("data.eval_height=100000", "data.eval_height"), ("data.n_val_views=100000000", "data.n_val_views"),
+    ("cpu_threads=65536", "cpu_threads"), ("name='  '", "name"), ("exp_root_dir=/dev/null", "cannot create the run folder"),
 ]
 
 
