@@ -72,10 +72,10 @@ def gradient_stats(system, views: HeldOut, draws: int = 16) -> dict[str, float]:
     cameras = views.cameras[torch.arange(len(views.cameras))[-HELD_OUT_AZIMUTHS::2]]  # 4 views, 90° apart
     guidance, rng = system.guidance, torch.get_rng_state()
     x = system.prior.encode_images(system.render(cameras)["rgb"].permute(0, 3, 1, 2))
-    grads = []
+    conds, grads = guidance.conditions(system.prompt, cameras), []
     for _ in range(draws):
         t = guidance.sample_timesteps(len(x), x.device)
-        grads.append(guidance.weight(t, x) * guidance.direction(x, t, cameras, system.prompt))
+        grads.append(guidance.weight(t, x) * guidance.direction(x, t, conds))
     torch.set_rng_state(rng)  # measuring must not change the training's random draws
     g = torch.stack(grads).double()
     mean = g.mean(dim=0)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from threestudio_like.priors.base import DiffusionPrior, ddpm_alphas_cumprod
+from threestudio_like.diffusion import ddpm_alphas_cumprod
+from threestudio_like.priors.base import DiffusionPrior
 
 
 class LinearPrior(DiffusionPrior):

@@ -7,7 +7,7 @@ import torch
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler, make_cameras
 from threestudio_like.priors.embedded import EmbeddedPrior, EmbeddedPriorConfig, reference_angles
-from threestudio_like.prompts import Prompt, PromptConfig
+from threestudio_like.prompts import Prompt
 from threestudio_like.registry import lookup
 
 TEXT = "a red ball on a blue box"
@@ -15,14 +15,17 @@ LIBRARY = ["a blue cube", "a house", "a green cone"]
 SIZE = 16
 
 
-def make_prior(camera_mode="camera", **overrides):
+def make_prior(camera_mode="camera", text=TEXT, **overrides):
     sampler = RandomCameraSampler(RandomCameraConfig(
         width=SIZE, height=SIZE, batch_size=4, elevation_range=[0.0, 60.0],
         camera_distance_range=[2.5, 2.5], fovy_range=[40.0, 40.0],
     ))
     settings = dict(camera_mode=camera_mode, azimuth_step_deg=30.0, n_elevations=2, null_library=list(LIBRARY))
     cfg = EmbeddedPriorConfig(**{**settings, **overrides})
-    return EmbeddedPrior(cfg, "cpu", sampler)
+    prior = EmbeddedPrior(cfg, "cpu", sampler)
+    if text is not None:
+        prior.prepare(text)
+    return prior
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,7 @@ def brute_force_eps(prior, texts, x_t, t, weights):
 
 def test_denoiser_matches_a_brute_force_loop(prior):
     cameras = cams([10.0, 50.0, 30.0, 0.0], [20.0, -100.0, 175.0, 45.0])
+    prior.prepare(TEXT)
     cond = torch.cat([prior.condition(TEXT, cameras), prior.null_condition("", cameras)])
     assert cond.shape == (8, 24 * 4)
     gen = torch.Generator().manual_seed(0)
@@ -113,7 +117,8 @@ def test_small_t_recovers_the_reference_it_was_built_from(prior):
     gen = torch.Generator().manual_seed(1)
     t = torch.tensor([10, 10])
     j = torch.tensor([3, 17])
-    for text in (TEXT, "a house"):  # switching prompts switches the reference set
+    for text in (TEXT, "a house"):  # preparing another prompt switches the reference set
+        prior.prepare(text)
         # this scene's references, uniformly weighted (so the kernel cannot favour another view)
         flat = (prior.condition(text, cameras) > 0).float()
         x0 = encoded(prior, text)[j].view(2, 3, SIZE, SIZE)
@@ -130,6 +135,7 @@ def test_small_t_recovers_the_reference_it_was_built_from(prior):
 
 def test_camera_kernel_prefers_references_near_the_camera(prior):
     text = "a house"  # front and back differ
+    prior.prepare(text)
     cameras = cams([15.0], [30.0])
     cond, null = prior.condition(text, cameras), prior.null_condition("", cameras)
     K = prior.num_references
@@ -172,7 +178,7 @@ def test_view_prompt_and_none_modes():
 
 
 def test_library_leaves_out_the_prompt_itself():
-    prior = make_prior()
+    prior = make_prior(text="the house")
     assert prior.library("the house") == ["a blue cube", "a green cone"]
     cameras = cams([15.0], [0.0])
     assert prior.condition("the house", cameras).shape == (1, 24 * 3)
@@ -180,9 +186,10 @@ def test_library_leaves_out_the_prompt_itself():
 
 
 def test_errors_and_image_space():
-    prior = make_prior()
-    with pytest.raises(RuntimeError):
+    prior = make_prior(text=None)
+    with pytest.raises(RuntimeError, match="prepare"):  # no scene until the prompt is prepared
         prior.predict_noise(torch.zeros(1, 3, SIZE, SIZE), torch.tensor([10]), torch.ones(1, 96))
+    prior.prepare(TEXT)
     cameras = cams([15.0], [0.0])
     cond = prior.condition(TEXT, cameras)
     with pytest.raises(ValueError):
@@ -190,18 +197,22 @@ def test_errors_and_image_space():
     with pytest.raises(ValueError):
         prior.predict_noise(torch.zeros(1, 3, SIZE, SIZE), torch.tensor([10]), torch.zeros_like(cond))
     with pytest.raises(ValueError) as error:
-        prior.condition("a flying saucer", cameras)
+        prior.prepare("a flying saucer")
     assert "saucer" in str(error.value)
+    with pytest.raises(ValueError, match="prepared for"):  # a condition of another scene
+        prior.condition("a house", cameras)
     rgb = torch.rand(2, 3, 8, 8)
     assert torch.allclose(prior.decode_latents(prior.encode_images(rgb)), rgb)
     assert float(prior.encode_images(torch.zeros(1)).item()) == -1.0
 
 
 def test_prompt_and_guidance_path():
-    prior = make_prior()
-    prompt = Prompt(PromptConfig(prompt="a mug"), prior)
+    from threestudio_like.guidance.sds import SDS
+
+    prior = make_prior(text="a mug")
     cameras = cams([15.0, 40.0], [0.0, 120.0])
-    cond = torch.cat([prompt.cond(cameras), prompt.null(cameras)])
+    conds = SDS(SDS.Config(), prior).conditions(Prompt("a mug"), cameras)
+    cond = torch.cat([conds.positive, conds.null])
     x_t = torch.randn(4, 3, SIZE, SIZE)
     eps = prior.predict_noise(x_t, torch.tensor([100, 500, 100, 500]), cond)
     assert eps.shape == x_t.shape and torch.isfinite(eps).all()
@@ -223,8 +234,8 @@ def test_score_distillation_moves_a_wrong_view_only_with_camera_awareness():
         torch.tensor([22.5]), torch.tensor([azimuth]), torch.tensor([2.5]), torch.tensor([40.0]), size, size)
     with single_thread():  # hundreds of tiny steps: threads only add overhead here
         for mode in ("camera", "none"):
-            prior = make_prior(mode, azimuth_step_deg=10.0, n_elevations=4, null_library=["a blue cube"])
-            prompt = Prompt(PromptConfig(prompt="a house"), prior)
+            prior = make_prior(mode, text="a house", azimuth_step_deg=10.0, n_elevations=4, null_library=["a blue cube"])
+            prompt = Prompt("a house")
             guidance = SDS(SDS.Config(guidance_scale=7.5), prior)
             truth, back = (prior.scene("a house").render(view(a))["rgb"] for a in (35.0, -145.0))
             image = back.clone().requires_grad_(True)

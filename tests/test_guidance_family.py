@@ -12,14 +12,15 @@ from threestudio_like.guidance.asd import ASD, ASDConfig
 from threestudio_like.guidance.csm import CSM, ISM, CSMConfig, ISMConfig
 from threestudio_like.guidance.esd import ESD, ESDConfig
 from threestudio_like.guidance.vsd import VSD, VSDConfig
+from threestudio_like.priors.base import VariationalScore
 from threestudio_like.priors.variational import CameraUNet, RenderMemory
-from threestudio_like.prompts import Prompt, PromptConfig
+from threestudio_like.prompts import Prompt
 from tests.stand_ins import LinearPrior
 
 B, H = 2, 8
 
 
-class LinearVariational(nn.Module):
+class LinearVariational(VariationalScore):
     """ε_φ = w·x_t + cond + (camera · u): analytic, trainable, and sensitive to cond and camera."""
 
     prediction_type = "epsilon"
@@ -52,7 +53,7 @@ def setup(cls, cfg, make=LinearVariational):
     prior = VariationalPrior(make)
     torch.manual_seed(123)  # the same initial ε_φ for every guidance built here
     guidance = cls(cfg, prior)
-    prompt = Prompt(PromptConfig(prompt="a red ball"), prior)
+    prompt = Prompt("a red ball")
     # views 0° (front) and 180° (back): view-dependent and plain prompts differ for the first
     cameras = orbit_cameras(B, 10.0, 2.5, 40.0, H, H)
     rgb = torch.rand(B, H, H, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
@@ -150,7 +151,7 @@ def test_vsd_own_loss_falls_on_fixed_renders():
     guidance = VSD(VSDConfig(lora_n_timestamp_samples=2, lora_lr=1e-3), prior)
     optimizer = guidance.make_optimizer()
     assert optimizer.defaults["lr"] == 1e-3 and optimizer.defaults["betas"] == (0.9, 0.99) and optimizer.defaults["eps"] == 1e-15
-    prompt = Prompt(PromptConfig(prompt="a red ball"), prior)
+    prompt = Prompt("a red ball")
     cameras = orbit_cameras(4, 10.0, 2.5, 40.0, 16, 16)
     # four fixed "renders": smooth colour ramps, a different one per view
     ramp = torch.linspace(0, 1, 16)
@@ -269,9 +270,10 @@ def test_csm_inversion_is_deterministic_and_not_random_noise():
     x = rgb.detach().permute(0, 3, 1, 2) * 2 - 1
     t = torch.tensor([400, 900])
     torch.manual_seed(0)
-    a, _ = guidance.invert(x, t, prompt, cameras)
+    conds = guidance.conditions(prompt, cameras)
+    a, _ = guidance.invert(x, t, conds)
     torch.manual_seed(1)  # a different global seed changes nothing
-    b, _ = guidance.invert(x, t, prompt, cameras)
+    b, _ = guidance.invert(x, t, conds)
     assert torch.equal(a, b)
     ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)
     implied = (a - ab.sqrt() * x) / (1 - ab).sqrt()  # the noise the inversion put into x_t
@@ -281,7 +283,7 @@ def test_csm_inversion_is_deterministic_and_not_random_noise():
     calls = []
     original = prior.predict_noise
     prior.predict_noise = lambda *args: calls.append(len(args[0])) or original(*args)
-    guidance.invert(x, t, prompt, cameras)
+    guidance.invert(x, t, conds)
     assert len(calls) == math.ceil((900 - 50) / 200) + 1
 
 
@@ -330,7 +332,8 @@ def embedded():
         width=16, height=16, batch_size=B, camera_distance_range=[2.5, 2.5], fovy_range=[40.0, 40.0], elevation_range=[-10.0, 60.0],
     ))
     prior = EmbeddedPrior(EmbeddedPriorConfig(azimuth_step_deg=30.0, n_elevations=2, null_library=["a blue cube"]), "cpu", sampler)
-    prompt = Prompt(PromptConfig(prompt="a red ball on a blue box"), prior)
+    prompt = Prompt("a red ball on a blue box")
+    prior.prepare(prompt.text)
     return prior, prompt, sampler
 
 
@@ -376,8 +379,8 @@ def test_vsd_with_memory_matches_formula_on_the_embedded_prior(embedded):
     g, _ = run(guidance, prompt, cameras, rgb)
     x, t, noise, ab = by_hand(prior, rgb, cameras, guidance)
     x_t = ab.sqrt() * x + (1 - ab).sqrt() * noise
-    eps_y = prior.predict_noise(x_t, t, prompt.cond(cameras))
-    eps_0 = prior.predict_noise(x_t, t, prompt.null(cameras))
+    eps_y = prior.predict_noise(x_t, t, prior.condition(prompt.text, cameras, prompt.views(cameras)))
+    eps_0 = prior.predict_noise(x_t, t, prior.null_condition("", cameras))
     # ε_φ by hand: the exact denoiser of the remembered renders, weighted by the camera kernel
     d2 = ((x_t[:, None] - ab.sqrt()[:, None] * earlier[None]) ** 2).flatten(2).sum(-1)  # [B,N]
     logits = -d2 / (2 * (1 - ab.view(-1, 1))) + guidance.variational.log_camera_weights(cameras.flat_matrices())[:, :B]  # the step's own renders came after
@@ -405,7 +408,7 @@ def test_vsd_converts_a_v_predicting_copy_to_eps(tmp_path):
         eps_phi = guidance.variational_eps(x_t, t, cond, cameras.flat_matrices())
         assert torch.allclose(eps_phi, prior.predict_noise(x_t, t, cond), atol=1e-4)
     torch.manual_seed(0)
-    loss = guidance.extra_losses(x0, cameras, Prompt(PromptConfig(prompt="a red ball"), prior))["loss_lora"]
+    loss = guidance.extra_losses(x0, guidance.conditions(Prompt("a red ball"), cameras))["loss_lora"]
     # by hand, same draws: camera dropout, t' over the full range, fresh noise; the target is v
     torch.manual_seed(0)
     x = x0

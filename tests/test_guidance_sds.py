@@ -4,14 +4,14 @@ import torch
 from threestudio_like.data.cameras import orbit_cameras
 from threestudio_like.guidance.base import GuidanceConfig
 from threestudio_like.guidance.sds import SDS
-from threestudio_like.prompts import Prompt, PromptConfig
+from threestudio_like.prompts import Prompt
 from tests.stand_ins import LinearPrior
 
 
 def setup(**cfg):
     prior = LinearPrior()
     guidance = SDS(GuidanceConfig(**cfg), prior)
-    prompt = Prompt(PromptConfig(prompt="a red ball"), prior)
+    prompt = Prompt("a red ball")
     cameras = orbit_cameras(2, 10.0, 2.5, 40.0, 8, 8)
     rgb = torch.rand(2, 8, 8, 3, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
     return prior, guidance, prompt, cameras, rgb

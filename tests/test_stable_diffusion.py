@@ -9,14 +9,15 @@ import torch
 
 from tests.sd_tiny import build_tiny_sd
 from threestudio_like.data.cameras import orbit_cameras
+from threestudio_like.diffusion import eps_from_v
 from threestudio_like.guidance import perp_neg
 from threestudio_like.guidance.base import GuidanceConfig
 from threestudio_like.guidance.sds import SDS
 from threestudio_like.priors.lora import LoRAVariationalUNet
 from threestudio_like.priors.stable_diffusion import (
-    LATENT_RGB_FACTORS, MissingWeightsError, StableDiffusionConfig, StableDiffusionPrior, v_to_eps,
+    LATENT_RGB_FACTORS, MissingWeightsError, StableDiffusionConfig, StableDiffusionPrior,
 )
-from threestudio_like.prompts import Prompt, PromptConfig
+from threestudio_like.prompts import Prompt
 
 TEXT = "a red ball"
 
@@ -53,7 +54,7 @@ def test_sds_steps_train_a_nerf_through_the_vae(prior):
     renderer = VolumeRenderer(VolumeRendererConfig(num_samples_per_ray=16, grid_prune=False), radius=geometry.radius)
     material, background = PlainAlbedo(PlainAlbedoConfig()), SolidColorBackground(SolidColorConfig())
     guidance = SDS(GuidanceConfig(guidance_scale=7.5), prior)
-    prompt = Prompt(PromptConfig(prompt=TEXT), prior)
+    prompt = Prompt(TEXT)
     optimizer = torch.optim.Adam([g for g in geometry.parameter_groups()], lr=0.01)
     before = [p.detach().clone() for p in geometry.parameters()]
     cams = cameras(2)
@@ -159,33 +160,31 @@ def test_v_prediction_is_converted_to_eps(checkpoint, tmp_path):
     x0, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     v = ab.sqrt() * eps - (1 - ab).sqrt() * x0
-    assert torch.allclose(v_to_eps(v, x_t, ab.flatten()), eps, atol=1e-5)
+    assert torch.allclose(eps_from_v(v, x_t, ab), eps, atol=1e-5)
 
 
 def test_perp_neg_reduces_to_plain_cfg_with_zero_weights(prior):
     zero = [0.0, 0.0, 0.0]
-    cfg = PromptConfig(prompt=TEXT, use_perp_neg=True, perp_neg_f_sb=zero, perp_neg_f_fsb=zero, perp_neg_f_fs=zero, perp_neg_f_sf=zero)
     cams = orbit_cameras(4, 10.0, 2.5, 40.0, 16, 16)  # azimuths 0, 90, 180, 270
-    guidance = SDS(GuidanceConfig(), prior)
+    guidance = SDS(GuidanceConfig(use_perp_neg=True, perp_neg_f_sb=zero, perp_neg_f_fsb=zero, perp_neg_f_fs=zero, perp_neg_f_sf=zero), prior)
     x_t, t = torch.randn(4, 4, 8, 8), torch.tensor([50, 300, 600, 900])
-    prompt = Prompt(cfg, prior)
-    positive = prompt.cond(cams)
+    conds = guidance.conditions(Prompt(TEXT), cams)
     for i, view in enumerate(["front", "side", "back", "side"]):  # pure views at these azimuths
-        assert torch.allclose(positive[i], prior.embeddings([f"{TEXT}, {view} view"])[0], atol=1e-6)
-    eps_y = prior.predict_noise(x_t, t, positive)
-    eps_0 = prior.predict_noise(x_t, t, prompt.null(cams))
+        assert torch.allclose(conds.positive[i], prior.embeddings([f"{TEXT}, {view} view"])[0], atol=1e-6)
+    eps_y = prior.predict_noise(x_t, t, conds.positive)
+    eps_0 = prior.predict_noise(x_t, t, conds.null)
     plain = eps_0 + 7.5 * (eps_y - eps_0)
-    assert torch.allclose(guidance.cfg_eps(x_t, t, prompt, cams, 7.5), plain, atol=1e-4)
+    assert torch.allclose(guidance.cfg_eps(x_t, t, conds, 7.5), plain, atol=1e-4)
     # threestudio's weights do change the guided prediction (off the pure front view)
-    default = Prompt(PromptConfig(prompt=TEXT, use_perp_neg=True), prior)
-    assert not torch.allclose(guidance.cfg_eps(x_t, t, default, cams, 7.5), plain, atol=1e-3)
+    default = SDS(GuidanceConfig(use_perp_neg=True), prior)
+    assert not torch.allclose(default.cfg_eps(x_t, t, default.conditions(Prompt(TEXT), cams), 7.5), plain, atol=1e-3)
 
 
 def test_perpendicular_component_and_weights():
     a, b = torch.randn(3, 4, 5, 5), torch.randn(3, 4, 5, 5)
     p = perp_neg.perpendicular_component(a, b)
     assert torch.allclose((p * b).sum(dim=(1, 2, 3)), torch.zeros(3), atol=1e-4)
-    front_half, r, w = perp_neg.interpolation(torch.tensor([0.0, 45.0, 135.0, -180.0]), PromptConfig())
+    front_half, r, w = perp_neg.interpolation(torch.tensor([0.0, 45.0, 135.0, -180.0]), GuidanceConfig())
     assert front_half.tolist() == [True, True, False, False]
     assert torch.allclose(r, torch.tensor([1.0, 0.5, 0.5, 0.0]))
     # a pure front view puts (almost) no weight on the front negative: 4·e^−0.5 − 2.426 ≈ 0
@@ -246,9 +245,9 @@ def test_vsd_trains_the_lora_copy_and_its_checkpoint_round_trips(checkpoint, tmp
     from threestudio_like.guidance.vsd import VSD
 
     torch.manual_seed(0)
-    guidance = VSD(VSD.Config(), make_prior(checkpoint, tmp_path))
+    guidance = VSD(VSD.Config(use_perp_neg=True), make_prior(checkpoint, tmp_path))
     optimizer = guidance.make_optimizer()
-    prompt = Prompt(PromptConfig(prompt=TEXT, use_perp_neg=True), guidance.prior)
+    prompt = Prompt(TEXT)
     cams = cameras(2)
     rgb = torch.rand(2, 16, 16, 3, requires_grad=True)
     terms = guidance(rgb, cams, prompt)

@@ -1,22 +1,22 @@
-"""Prompt processing: the text, its negative, view-dependent conditioning, and an embedding cache.
+"""Prompt processing: the text, its negative, which view each camera sees, and an embedding cache.
 
-A :class:`Prompt` is what guidance methods receive. It asks the prior for conditions; the prior
-decides what "view-dependent" means for it (text suffixes for Stable Diffusion, reference views of
-the matching bin for the embedded prior).
+A :class:`Prompt` is plain data. The guidance turns it into conditions through the prior
+(``prior.condition(text, cameras, views)``); the prior decides what "view-dependent" means for it
+(text suffixes for Stable Diffusion, reference views of the matching bin for the embedded prior).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, Optional
 
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
 from threestudio_like.utils.atomic import atomic_path
-from threestudio_like.utils.checks import check_between, check_length
+from threestudio_like.utils.checks import check_between
 
 VIEW_SUFFIXES = {"front": "front view", "side": "side view", "back": "back view", "overhead": "overhead view"}
 
@@ -31,22 +31,12 @@ class PromptConfig:
     front_threshold: float = 45.0
     back_threshold: float = 45.0
     overhead_threshold: float = 60.0
-    use_perp_neg: bool = False
-    # Perp-Neg weights of the negative view directions: [a, b, c] → a·exp(−b·r) + c (threestudio's)
-    perp_neg_f_sb: List[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
-    perp_neg_f_fsb: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
-    perp_neg_f_fs: List[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
-    perp_neg_f_sf: List[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
-    cache_dir: str = ".cache/text_embeddings"
 
     def __post_init__(self) -> None:
         if not self.prompt.strip():
             raise ValueError("prompt is empty; pass one, e.g. system.prompt_processor.prompt=\"a red ball on a blue box\"")
         check_between(self, 0.0, 180.0, "front_threshold", "back_threshold")
         check_between(self, -90.0, 90.0, "overhead_threshold")
-        check_length(self, 3, "perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
-        if self.use_perp_neg and not self.view_dependent_prompting:
-            raise ValueError("use_perp_neg=true needs view_dependent_prompting=true (its negatives are the view prompts)")
 
 
 def view_suffixed(text: str, view: str) -> str:
@@ -54,34 +44,29 @@ def view_suffixed(text: str, view: str) -> str:
     return f"{text}, {VIEW_SUFFIXES[view]}"
 
 
+@dataclass(frozen=True)
 class Prompt:
-    """The user's prompt as guidance sees it: conditional and null conditions for a camera batch."""
+    """The user's prompt as the guidance sees it: texts and the rule that names each camera's view."""
 
-    def __init__(self, cfg: PromptConfig, prior) -> None:
-        self.cfg = cfg
-        self.prior = prior
-        self.text = cfg.prompt
-        self.negative_text = cfg.negative_prompt
+    text: str
+    negative_text: str = ""
+    view_dependent: bool = True
+    front_threshold: float = 45.0
+    back_threshold: float = 45.0
+    overhead_threshold: float = 60.0
 
-    def views(self, cameras: Cameras) -> list[str]:
-        cfg = self.cfg
-        return cameras.view_labels(cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold)
+    @classmethod
+    def from_config(cls, cfg: PromptConfig) -> "Prompt":
+        return cls(cfg.prompt, cfg.negative_prompt, cfg.view_dependent_prompting,
+                   cfg.front_threshold, cfg.back_threshold, cfg.overhead_threshold)
 
-    def cond(self, cameras: Cameras, view_dependent: bool = True) -> Tensor:
-        """[B,...] condition of the prompt; view-dependent when asked and enabled in the config.
+    def view_labels(self, cameras: Cameras) -> list[str]:
+        """front/side/back/overhead per camera, by this prompt's thresholds."""
+        return cameras.view_labels(self.front_threshold, self.back_threshold, self.overhead_threshold)
 
-        Under Perp-Neg the view-dependent condition is the azimuth-interpolated one.
-        """
-        if view_dependent and self.cfg.use_perp_neg:
-            from threestudio_like.guidance import perp_neg  # lazy: guidance imports this module
-
-            return perp_neg.positive_condition(self, cameras)
-        views = self.views(cameras) if (view_dependent and self.cfg.view_dependent_prompting) else None
-        return self.prior.condition(self.text, cameras, views)
-
-    def null(self, cameras: Cameras) -> Tensor:
-        """[B,...] condition of the negative prompt (∅)."""
-        return self.prior.null_condition(self.negative_text, cameras)
+    def views(self, cameras: Cameras) -> Optional[list[str]]:
+        """The view labels for the prompt's condition: None when view-dependent prompting is off."""
+        return self.view_labels(cameras) if self.view_dependent else None
 
 
 class EmbeddingCache:

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
+from threestudio_like import diffusion
+from threestudio_like.guidance.base import Conditions, GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
 
 
@@ -37,20 +38,19 @@ class ASD(ScoreDistillation):
     Config = ASDConfig
 
     def shifted(self, t: Tensor) -> Tensor:
-        """t⁺ [B] = clamp(t + ⌊Δ⌋, 1, T − 1), Δ = ρ (t − t_min) (× u when plus_random), t_min the current one."""
+        """t⁺ [B] = clamp(t + ⌊u Δ⌋, 1, T − 1), Δ = clamp(ρ (t − t_min), 0, T − 1 − t), u ~ U[0, 1] when
+        plus_random (else 1), t_min the current one: clamped before the draw, as ScaleDreamer's get_t_plus."""
         T = self.prior.num_train_timesteps
-        delta = self.cfg.plus_ratio * (t - self.min_step).float()
+        delta = (self.cfg.plus_ratio * (t - self.min_step).float()).clamp(min=0.0)
+        delta = torch.minimum(delta, (T - 1 - t).float())
         if self.cfg.plus_random:
             delta = delta * torch.rand(t.shape, device=t.device)
-        delta = torch.minimum(delta.clamp(min=0.0), (T - 1 - t).float())
         return (t + delta.floor().long()).clamp(1, T - 1)
 
-    def direction(self, x: Tensor, t: Tensor, cameras, prompt) -> Tensor:
+    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
         noise = torch.randn_like(x)
         t_plus = self.shifted(t)
         x_t, x_plus = self.add_noise(x, noise, t), self.add_noise(x, noise, t_plus)
-        cond, null = prompt.cond(cameras), prompt.null(cameras)
-        # cond and ∅ at t, cond at t⁺: one forward of batch 3B
-        eps = self.prior.predict_noise(torch.cat([x_t, x_t, x_plus]), torch.cat([t, t, t_plus]), torch.cat([cond, null, cond]))
-        eps_cond, eps_null, eps_plus = eps.chunk(3)
-        return eps_null + self.cfg.guidance_scale * (eps_cond - eps_null) - eps_plus
+        # positive and ∅ (and Perp-Neg's negatives) at t, the positive at t⁺: one forward of 3B (5B)
+        eps_cond, eps_null, (eps_plus,) = self.predict(x_t, t, conds, also=[(x_plus, t_plus, conds.positive)])
+        return diffusion.guided(eps_cond, eps_null, self.cfg.guidance_scale) - eps_plus

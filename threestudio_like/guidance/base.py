@@ -1,26 +1,27 @@
-"""ScoreDistillation: what every guidance method shares.
+"""ScoreDistillation: what every guidance method shares, and the only door to the prior's conditions.
 
-The base owns timesteps and their annealing, noising, classifier-free guidance, the weighting w(t)
-and the turning of a gradient into a loss. A method subclass defines only ``direction`` — the
-un-weighted gradient it puts on the rendered latents — and, if it trains a network of its own,
-``extra_losses``.
+The base owns timesteps and their annealing, the conditions of a camera batch (positive, null,
+view-independent, Perp-Neg's negatives), noising, classifier-free guidance, the weighting w(t) and the
+turning of a gradient into a loss. A method subclass defines only ``direction`` — the un-weighted
+gradient it puts on the rendered latents — and, if it trains a network of its own, ``extra_losses``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from threestudio_like import diffusion
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras
 from threestudio_like.guidance import perp_neg
 from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.prompts import Prompt
 from threestudio_like.utils.schedules import check_schedule, schedule_value
-from threestudio_like.utils.checks import check_finite, check_schedule_between, check_schedules_ordered
+from threestudio_like.utils.checks import check_finite, check_length, check_schedule_between, check_schedules_ordered
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "ism")
 TIME_SCHEDULES = ("random", "linear")
@@ -37,6 +38,14 @@ class GuidanceConfig:
     # (DreamGaussian)
     time_schedule: str = "random"
     grad_clip: Any = None  # None, number, or schedule: g is clamped to [−c, c]
+    # Perp-Neg on the view prompts (guidance/perp_neg.py): the weights of the negative view
+    # directions, [a, b, c] → a·exp(−b·r) + c (threestudio's), all multiplied by perp_neg_scale
+    use_perp_neg: bool = False
+    perp_neg_f_sb: List[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
+    perp_neg_f_fsb: List[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
+    perp_neg_f_fs: List[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
+    perp_neg_f_sf: List[float] = field(default_factory=lambda: [4.0, 0.5, -2.426])
+    perp_neg_scale: float = 1.0  # threestudio 1; ScaleDreamer's ASD 0.5 (its guidance_perp_neg −0.5)
 
     def __post_init__(self) -> None:
         check_choice(self.weighting, WEIGHTINGS, "weighting")
@@ -47,12 +56,26 @@ class GuidanceConfig:
         check_schedule_between(self, 0.0, 1.0, "min_step_percent", "max_step_percent")
         check_schedules_ordered(self, "min_step_percent", "max_step_percent")
         check_schedule_between(self, 1e-12, float("inf"), "grad_clip")
+        check_length(self, 3, "perp_neg_f_sb", "perp_neg_f_fsb", "perp_neg_f_fs", "perp_neg_f_sf")
+
+
+@dataclass
+class Conditions:
+    """Every condition a method may need for one camera batch, built by :meth:`ScoreDistillation.conditions`."""
+
+    cameras: Cameras
+    positive: Tensor  # [B,...] the view-dependent prompt (Perp-Neg: the interpolated one)
+    null: Tensor  # [B,...] ∅, the negative prompt
+    plain: Tensor  # [B,...] the view-independent prompt (VSD's ε_φ)
+    perp_neg: Optional[perp_neg.PerpNegConditions] = None
 
 
 class ScoreDistillation(nn.Module):
     """Turns the prior's noise predictions into a gradient on the rendered images' latents."""
 
     Config = GuidanceConfig
+    trains_a_network = False  # VSD/ESD: their ε_φ is stepped by the system through make_optimizer
+    extra_loss_names: tuple[str, ...] = ()  # the terms extra_losses returns (zero on a skipped step)
 
     def __init__(self, cfg: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
@@ -65,6 +88,10 @@ class ScoreDistillation(nn.Module):
     @property
     def name(self) -> str:
         return getattr(type(self), "registered_name", type(self).__name__.lower())
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer of the method's own network (only where ``trains_a_network``)."""
+        raise NotImplementedError(f"{type(self).__name__} trains no network of its own")
 
     # --- schedules ---------------------------------------------------------------------------
     def update_step(self, step: int, max_steps: int) -> None:
@@ -85,10 +112,51 @@ class ScoreDistillation(nn.Module):
             return torch.full((batch_size,), t, dtype=torch.long, device=device)
         return torch.randint(self.min_step, self.max_step + 1, (batch_size,), dtype=torch.long, device=device)
 
+    # --- the door to the prior -----------------------------------------------------------------
+    def conditions(self, prompt: Prompt, cameras: Cameras) -> Conditions:
+        """The conditions of ``prompt`` for ``cameras``: every method gets all of them from here."""
+        prior = self.prior
+        plain = prior.condition(prompt.text, cameras, None)
+        null = prior.null_condition(prompt.negative_text, cameras)
+        if self.cfg.use_perp_neg:
+            overhead = torch.tensor([view == "overhead" for view in prompt.view_labels(cameras)])
+            terms = perp_neg.conditions(prior, prompt.text, null, cameras, overhead, self.cfg)
+            return Conditions(cameras, terms.positive, null, plain, terms)
+        views = prompt.views(cameras)
+        positive = plain if views is None else prior.condition(prompt.text, cameras, views)
+        return Conditions(cameras, positive, null, plain)
+
+    def predict(self, x_t: Tensor, t: Tensor, conds: Conditions, also: Sequence[tuple[Tensor, Tensor, Tensor]] = ()) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(ε(x_t; y, t), ε(x_t; ∅, t), [ε(x; c, τ) for (x, τ, c) in ``also``]) from one batched forward.
+
+        ε(x_t; y, t) is the positive prediction, with Perp-Neg's perpendicular negatives folded in
+        when it is on (so every CFG formula stays the same); a forward of batch 2B (4B under
+        Perp-Neg) plus the items of ``also``.
+        """
+        terms = conds.perp_neg
+        cond = [conds.positive, conds.null] + ([] if terms is None else list(terms.negatives))
+        repeats = len(cond)
+        eps = self.prior.predict_noise(
+            torch.cat([x_t] * repeats + [x for x, _, _ in also]),
+            torch.cat([t] * repeats + [tau for _, tau, _ in also]),
+            torch.cat(cond + [c for _, _, c in also]),
+        )
+        own, rest = eps[: repeats * len(x_t)].chunk(repeats), eps[repeats * len(x_t):]
+        extra = list(rest.split([len(x) for x, _, _ in also])) if also else []
+        eps_cond, eps_null = own[0], own[1]
+        if terms is not None:
+            eps_cond = perp_neg.combine(eps_cond, eps_null, torch.stack(own[2:]), terms.weights)
+        return eps_cond, eps_null, extra
+
+    def cfg_eps(self, x_t: Tensor, t: Tensor, conds: Conditions, scale: float) -> Tensor:
+        """Classifier-free guided ε_s = ε_∅ + s (ε_y − ε_∅)."""
+        eps_cond, eps_null, _ = self.predict(x_t, t, conds)
+        return diffusion.guided(eps_cond, eps_null, scale)
+
     # --- shared pieces -------------------------------------------------------------------------
     def alpha_bar(self, t: Tensor, like: Tensor) -> Tensor:
         """ᾱ_t broadcast to the shape of ``like`` [B,C,h,w]."""
-        return self.prior.alphas_cumprod.to(like.device)[t].view(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+        return diffusion.alpha_bar_at(self.prior.alphas_cumprod, t, like)
 
     def weight(self, t: Tensor, like: Tensor) -> Tensor:
         """w(t) [B,1,1,1]."""
@@ -103,25 +171,10 @@ class ScoreDistillation(nn.Module):
 
     def add_noise(self, x: Tensor, noise: Tensor, t: Tensor) -> Tensor:
         """x_t = √ᾱ_t x + √(1 − ᾱ_t) ε."""
-        alpha_bar = self.alpha_bar(t, x)
-        return alpha_bar.sqrt() * x + (1.0 - alpha_bar).sqrt() * noise
-
-    def cond_and_null_eps(self, x_t: Tensor, t: Tensor, prompt: Prompt, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        """(ε(x_t; y, t), ε(x_t; ∅, t)) from one batched forward of size 2B (4B under Perp-Neg)."""
-        if prompt.cfg.use_perp_neg:
-            return perp_neg.cond_and_null_eps(self.prior, x_t, t, prompt, cameras)
-        cond = torch.cat([prompt.cond(cameras), prompt.null(cameras)])
-        eps = self.prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]), cond)
-        eps_cond, eps_null = eps.chunk(2)
-        return eps_cond, eps_null
-
-    def cfg_eps(self, x_t: Tensor, t: Tensor, prompt: Prompt, cameras: Cameras, scale: float) -> Tensor:
-        """Classifier-free guided ε_s = ε_∅ + s (ε_y − ε_∅)."""
-        eps_cond, eps_null = self.cond_and_null_eps(x_t, t, prompt, cameras)
-        return eps_null + scale * (eps_cond - eps_null)
+        return diffusion.add_noise(x, noise, self.alpha_bar(t, x))
 
     # --- what a method defines -----------------------------------------------------------------
-    def direction(self, x: Tensor, t: Tensor, cameras: Cameras, prompt: Prompt) -> Tensor:
+    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
         """The un-weighted gradient [B,C,h,w] on the (detached) latents x at timesteps t."""
         raise NotImplementedError
 
@@ -129,8 +182,8 @@ class ScoreDistillation(nn.Module):
         """The <term>s of the loss_<term> entries this method returns (what lambda_<term> may weigh)."""
         return (self.name,)
 
-    def extra_losses(self, x: Tensor, cameras: Cameras, prompt: Prompt) -> dict[str, Tensor]:
-        """Losses of a method's own network (VSD/ESD), computed on detached latents."""
+    def extra_losses(self, x: Tensor, conds: Conditions) -> dict[str, Tensor]:
+        """Losses of a method's own network (VSD/ESD), computed on detached, finite latents."""
         return {}
 
     # --- the call ------------------------------------------------------------------------------
@@ -138,20 +191,29 @@ class ScoreDistillation(nn.Module):
         """rgb [B,H,W,3] in [0,1] → {loss_<name>, grad_norm, t, skipped, …}."""
         x = self.prior.encode_images(rgb.permute(0, 3, 1, 2))
         t = self.sample_timesteps(x.shape[0], x.device)
+        conds = self.conditions(prompt, cameras)
+        if not torch.isfinite(x).all():
+            # a non-finite render would poison the gradient and, through extra_losses, ε_φ: skip
+            return self.skipped(x, t)
         with torch.no_grad():
-            grad = self.weight(t, x) * self.direction(x.detach(), t, cameras, prompt)
+            grad = self.weight(t, x) * self.direction(x.detach(), t, conds)
+        if not torch.isfinite(grad).all():
+            return self.skipped(x, t)
         out = self.as_loss(x, grad)
         out["t"] = t.float().mean()
-        out.update(self.extra_losses(x.detach(), cameras, prompt))
+        out.update(self.extra_losses(x.detach(), conds))
+        return out
+
+    def skipped(self, x: Tensor, t: Tensor) -> dict[str, Tensor]:
+        """A skipped step, counted: a zero loss that still reaches x's graph (no NaN through it)."""
+        self.skipped_steps += 1
+        zero = (x.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
+        out = {name: zero for name in (f"loss_{self.name}", *self.extra_loss_names)}
+        out.update(grad_norm=torch.tensor(float("nan")), t=t.float().mean(), skipped=torch.tensor(float(self.skipped_steps)))
         return out
 
     def as_loss(self, x: Tensor, grad: Tensor) -> dict[str, Tensor]:
-        """The target trick: a loss whose gradient on x is ``grad`` (after the NaN guard and clipping)."""
-        if not torch.isfinite(grad).all():
-            # a non-finite gradient would poison the optimizer state: skip the step and count it
-            self.skipped_steps += 1
-            zero = (x * 0.0).sum()
-            return {f"loss_{self.name}": zero, "grad_norm": torch.tensor(float("nan")), "skipped": torch.tensor(float(self.skipped_steps))}
+        """The target trick: a loss whose gradient on x is ``grad`` (after clipping)."""
         if self.grad_clip is not None:
             grad = grad.clamp(-self.grad_clip, self.grad_clip)
         target = (x - grad).detach()

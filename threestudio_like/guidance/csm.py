@@ -13,7 +13,8 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
+from threestudio_like import diffusion
+from threestudio_like.guidance.base import Conditions, GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
 from threestudio_like.utils.schedules import check_schedule, schedule_value
 from threestudio_like.utils.checks import check_schedule_between
@@ -53,20 +54,17 @@ class CSM(ScoreDistillation):
         return torch.randn(x.shape, generator=generator).to(x)
 
     def ddim_up(self, x_from: Tensor, eps: Tensor, t_from: Tensor, t_to: Tensor) -> Tensor:
-        """One deterministic DDIM step t_from → t_to: √ᾱ_to x̂0 + √(1 − ᾱ_to) ε, x̂0 = (x − √(1−ᾱ_from) ε)/√ᾱ_from."""
-        a_from, a_to = self.alpha_bar(t_from, x_from), self.alpha_bar(t_to, x_from)
-        x0_hat = (x_from - (1.0 - a_from).sqrt() * eps) / a_from.sqrt()
-        return a_to.sqrt() * x0_hat + (1.0 - a_to).sqrt() * eps
+        """One deterministic DDIM step t_from → t_to [B] (upward here)."""
+        return diffusion.ddim_step(x_from, eps, self.alpha_bar(t_from, x_from), self.alpha_bar(t_to, x_from))
 
-    def invert(self, x: Tensor, t: Tensor, prompt, cameras) -> tuple[Tensor, Tensor]:
+    def invert(self, x: Tensor, t: Tensor, conds: Conditions) -> tuple[Tensor, Tensor]:
         """(x_t, ε(x_s; ∅, s)) for renders x [B,C,h,w] at timesteps t [B], s = max(t − δ_t, 0)."""
         cfg = self.cfg
         s = (t - int(round(schedule_value(cfg.delta_t, self.step)))).clamp(min=0)
         steps = torch.ceil(s / cfg.xs_delta_t).long() if cfg.xs_inv_steps is None else torch.full_like(s, cfg.xs_inv_steps)
         current = (s - cfg.xs_delta_t * steps).clamp(min=0)
         x_cur = self.add_noise(x, self.start_noise(x), current)
-        prompt.cond(cameras)  # the conditional first, as in every other method: a prior may derive ∅ from it
-        null = prompt.null(cameras)
+        null = conds.null
         while True:
             # items need different numbers of strided steps: run the prior on those not yet at s
             active = (current < s).nonzero().squeeze(1)
@@ -79,9 +77,9 @@ class CSM(ScoreDistillation):
         eps_s = self.prior.predict_noise(x_cur, s, null)
         return self.ddim_up(x_cur, eps_s, s, t), eps_s
 
-    def direction(self, x: Tensor, t: Tensor, cameras, prompt) -> Tensor:
-        x_t, _ = self.invert(x, t, prompt, cameras)
-        eps_cond, eps_null = self.cond_and_null_eps(x_t, t, prompt, cameras)
+    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
+        x_t, _ = self.invert(x, t, conds)
+        eps_cond, eps_null, _ = self.predict(x_t, t, conds)
         return self.cfg.guidance_scale * (eps_cond - eps_null)
 
 
@@ -99,6 +97,6 @@ class ISM(CSM):
 
     Config = ISMConfig
 
-    def direction(self, x: Tensor, t: Tensor, cameras, prompt) -> Tensor:
-        x_t, eps_s = self.invert(x, t, prompt, cameras)
-        return self.cfg_eps(x_t, t, prompt, cameras, self.cfg.guidance_scale) - eps_s
+    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
+        x_t, eps_s = self.invert(x, t, conds)
+        return self.cfg_eps(x_t, t, conds, self.cfg.guidance_scale) - eps_s

@@ -7,17 +7,27 @@ each negative direction ε(x_t; y_neg) − ε(x_t; ∅) perpendicular to the pos
 
     ε_s = ε_∅ + s · (e_pos + Σ_i w_i · perp(e_neg_i, e_pos)),   perp(a, b) = a − (⟨a,b⟩ / ⟨b,b⟩) b
 
-with w_i = −(a·exp(−b·r) + c) from ``PromptConfig.perp_neg_f_*`` (threestudio's defaults), r the
-interpolation ratio. The prior needs conditions that mix linearly (floating-point tensors).
+with w_i = −scale · (a·exp(−b·r) + c) from the guidance's ``perp_neg_f_*`` (threestudio's defaults),
+r the interpolation ratio, ``perp_neg_scale`` 1 in threestudio (ScaleDreamer's ASD: 0.5). A camera
+above the overhead threshold gets the overhead prompt and no negatives (weights 0). The prior needs
+conditions that mix linearly (floating-point tensors).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import List
 
 import torch
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras, wrap_degrees
+
+
+@dataclass
+class PerpNegConditions:
+    positive: Tensor  # [B,...] the azimuth-interpolated view condition (overhead: the overhead one)
+    negatives: Tensor  # [2,B,...] the first and the second negative of each item
+    weights: Tensor  # [B,2] their weights w_i (0 above the overhead threshold)
 
 
 def perpendicular_component(a: Tensor, b: Tensor) -> Tensor:
@@ -45,51 +55,45 @@ def interpolation(azimuth_deg: Tensor, cfg) -> tuple[Tensor, Tensor, Tensor]:
     r = torch.where(front_half, 1.0 - azimuth / 90.0, 2.0 - azimuth / 90.0)
     w_first = torch.where(front_half, shifted_exp_decay(cfg.perp_neg_f_fs, r), shifted_exp_decay(cfg.perp_neg_f_sb, r))
     w_second = torch.where(front_half, shifted_exp_decay(cfg.perp_neg_f_sf, 1.0 - r), shifted_exp_decay(cfg.perp_neg_f_fsb, r))
-    return front_half, r, -torch.stack([w_first, w_second], dim=-1)
+    return front_half, r, -cfg.perp_neg_scale * torch.stack([w_first, w_second], dim=-1)
 
 
-def view_conditions(prompt, cameras: Cameras) -> dict[str, Tensor]:
-    """{front, side, back}: [B,...] conditions of the pure view prompts."""
-    batch = len(cameras)
-    return {view: prompt.prior.condition(prompt.text, cameras, [view] * batch) for view in ("front", "side", "back")}
+def _per_item(mask: Tensor, like: Tensor) -> Tensor:
+    return mask.view(-1, *([1] * (like.dim() - 1))).to(like.device)
 
 
 def _mix(a: Tensor, b: Tensor, r: Tensor) -> Tensor:
     if not torch.is_floating_point(a):
-        raise ValueError("use_perp_neg needs a prior whose conditions mix linearly; set system.prompt_processor.use_perp_neg=false")
-    return r.view(-1, *([1] * (a.dim() - 1))).to(a) * a + (1.0 - r.view(-1, *([1] * (a.dim() - 1))).to(a)) * b
+        raise ValueError("use_perp_neg needs a prior whose conditions mix linearly; set system.guidance.use_perp_neg=false")
+    r = _per_item(r, a).to(a)
+    return r * a + (1.0 - r) * b
 
 
-def _conditions(prompt, cameras: Cameras) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(positive [B,...], first negative [B,...], second negative [B,...], weights [B,2])."""
-    views = view_conditions(prompt, cameras)
-    front_half, r, weights = interpolation(cameras.azimuth, prompt.cfg)
-    mask = front_half.view(-1, *([1] * (views["front"].dim() - 1))).to(views["front"].device)
-    positive = torch.where(mask, _mix(views["front"], views["side"], r), _mix(views["side"], views["back"], r))
-    negative_1 = torch.where(mask, views["front"], views["side"])
-    negative_2 = torch.where(mask, views["side"], views["front"])
-    return positive, negative_1, negative_2, weights
+def conditions(prior, text: str, null: Tensor, cameras: Cameras, overhead: Tensor, cfg) -> PerpNegConditions:
+    """Perp-Neg's conditions for ``cameras``; ``null`` [B,...] the ∅ condition, ``overhead`` [B] bool."""
+    batch = len(cameras)
+    views = {view: prior.condition(text, cameras, [view] * batch) for view in ("front", "side", "back", "overhead")}
+    front_half, r, weights = interpolation(cameras.azimuth, cfg)
+    front = _per_item(front_half, views["front"])
+    positive = torch.where(front, _mix(views["front"], views["side"], r), _mix(views["side"], views["back"], r))
+    first = torch.where(front, views["front"], views["side"])
+    second = torch.where(front, views["side"], views["front"])
+    up = _per_item(overhead, positive)
+    positive = torch.where(up, views["overhead"], positive)
+    negatives = torch.stack([torch.where(up, null, first), torch.where(up, null, second)])
+    weights = torch.where(overhead.to(weights.device)[:, None], torch.zeros_like(weights), weights)
+    return PerpNegConditions(positive, negatives, weights)
 
 
-def positive_condition(prompt, cameras: Cameras) -> Tensor:
-    """[B,...] the azimuth-interpolated view condition (Prompt.cond under Perp-Neg)."""
-    return _conditions(prompt, cameras)[0]
+def combine(eps_pos: Tensor, eps_null: Tensor, eps_negatives: Tensor, weights: Tensor) -> Tensor:
+    """The effective conditional prediction ε_y' [B,...], with ε_y' − ε_∅ = e_pos + Σ_i w_i perp(e_neg_i, e_pos).
 
-
-def cond_and_null_eps(prior, x_t: Tensor, t: Tensor, prompt, cameras: Cameras) -> tuple[Tensor, Tensor]:
-    """(ε_y', ε_∅) from one forward of batch 4B, where ε_y' − ε_∅ = e_pos + Σ_i w_i perp(e_neg_i, e_pos).
-
-    Returning the Perp-Neg direction as an effective conditional prediction keeps every CFG formula
-    of the guidance methods unchanged.
+    eps_negatives [2,B,...], weights [B,2]. Returning Perp-Neg's direction as a conditional prediction
+    keeps every method's CFG formula unchanged.
     """
-    positive, negative_1, negative_2, weights = _conditions(prompt, cameras)
-    cond = torch.cat([positive, prompt.null(cameras), negative_1, negative_2])
-    eps = prior.predict_noise(torch.cat([x_t] * 4), torch.cat([t] * 4), cond)
-    eps_pos, eps_null, eps_neg_1, eps_neg_2 = eps.chunk(4)
     e_pos = eps_pos - eps_null
-    shape = (-1,) + (1,) * (x_t.dim() - 1)
-    weights = weights.to(x_t)
     direction = e_pos
-    direction = direction + weights[:, 0].view(shape) * perpendicular_component(eps_neg_1 - eps_null, e_pos)
-    direction = direction + weights[:, 1].view(shape) * perpendicular_component(eps_neg_2 - eps_null, e_pos)
-    return eps_null + direction, eps_null
+    for i in range(weights.shape[1]):
+        w = weights[:, i].view(-1, *([1] * (e_pos.dim() - 1))).to(e_pos)
+        direction = direction + w * perpendicular_component(eps_negatives[i] - eps_null, e_pos)
+    return eps_null + direction

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from threestudio_like.guidance.base import GuidanceConfig, ScoreDistillation
+from threestudio_like import diffusion
+from threestudio_like.guidance.base import Conditions, GuidanceConfig, ScoreDistillation
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_at_least, check_between, check_finite, check_learning_rates
 
@@ -55,6 +56,8 @@ class VSD(ScoreDistillation):
     """g = w(t) (ε_s(x_t; y_view, t) − ε_φ,s_φ(x_t; y, t, c)), one ε for both terms."""
 
     Config = VSDConfig
+    trains_a_network = True
+    extra_loss_names = ("loss_lora",)
 
     def __init__(self, cfg: VSDConfig, prior) -> None:
         super().__init__(cfg, prior)
@@ -77,14 +80,13 @@ class VSD(ScoreDistillation):
         """ε_φ(x_t; cond, t, camera) [B,C,h,w], converted from v when ε_φ predicts v."""
         out = self.variational(x_t, t, cond, camera).to(x_t.dtype)
         if self.variational.prediction_type == "v_prediction":
-            alpha_bar = self.alpha_bar(t, x_t)
-            out = alpha_bar.sqrt() * out + (1.0 - alpha_bar).sqrt() * x_t
+            out = diffusion.eps_from_v(out, x_t, self.alpha_bar(t, x_t))
         return out
 
-    def render_eps(self, x_t: Tensor, t: Tensor, cameras, prompt) -> Tensor:
+    def render_eps(self, x_t: Tensor, t: Tensor, conds: Conditions) -> Tensor:
         """ε_φ,s_φ: camera-guided ε_φ with the view-independent prompt; one 2B forward unless s_φ = 1."""
-        cond = prompt.cond(cameras, view_dependent=False)
-        camera = cameras.flat_matrices().to(x_t)
+        cond = conds.plain
+        camera = conds.cameras.flat_matrices().to(x_t)
         scale = self.camera_scale()
         if scale == 1.0:  # the camera-free half would be multiplied by zero: skip it
             return self.variational_eps(x_t, t, cond, camera)
@@ -92,33 +94,30 @@ class VSD(ScoreDistillation):
             torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, cond]), torch.cat([camera, torch.zeros_like(camera)])
         )
         eps_camera, eps_free = eps.chunk(2)
-        return eps_free + scale * (eps_camera - eps_free)
+        return diffusion.guided(eps_camera, eps_free, scale)
 
-    def direction(self, x: Tensor, t: Tensor, cameras, prompt) -> Tensor:
+    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
         noise = torch.randn_like(x)
         x_t = self.add_noise(x, noise, t)
-        return self.cfg_eps(x_t, t, prompt, cameras, self.cfg.guidance_scale) - self.render_eps(x_t, t, cameras, prompt)
+        return self.cfg_eps(x_t, t, conds, self.cfg.guidance_scale) - self.render_eps(x_t, t, conds)
 
     def loss_terms(self) -> tuple[str, ...]:
         return (*super().loss_terms(), "lora")
 
-    def extra_losses(self, x: Tensor, cameras, prompt) -> dict[str, Tensor]:
+    def extra_losses(self, x: Tensor, conds: Conditions) -> dict[str, Tensor]:
         """ε_φ's denoising loss on the detached renders x [B,C,h,w]: t' over the full range, fresh noise."""
         n = self.cfg.lora_n_timestamp_samples
         x0 = x.detach().repeat(n, *([1] * (x.dim() - 1)))
-        cond = prompt.cond(cameras, view_dependent=False)
-        cond = cond.repeat(n, *([1] * (cond.dim() - 1)))
-        camera = cameras.flat_matrices().to(x0).repeat(n, 1)
+        cond = conds.plain.repeat(n, *([1] * (conds.plain.dim() - 1)))
+        camera = conds.cameras.flat_matrices().to(x0).repeat(n, 1)
         keep = torch.rand(len(x0), 1, device=x0.device) >= self.cfg.camera_dropout
         camera = camera * keep
         t = torch.randint(0, self.prior.num_train_timesteps, (len(x0),), device=x0.device)
         noise = torch.randn_like(x0)
         pred = self.variational(self.add_noise(x0, noise, t), t, cond, camera)
         if self.variational.prediction_type == "v_prediction":
-            alpha_bar = self.alpha_bar(t, x0)
-            noise = alpha_bar.sqrt() * noise - (1.0 - alpha_bar).sqrt() * x0
+            noise = diffusion.v_target(x0, noise, self.alpha_bar(t, x0))
         loss = F.mse_loss(pred.float(), noise.float())
-        observe = getattr(self.variational, "observe", None)
-        if observe is not None:  # a training-free ε_φ learns by remembering the renders
-            observe(x.detach(), cameras.flat_matrices().to(x))
+        # a training-free ε_φ learns by remembering the renders; a trained one through the loss
+        self.variational.observe(x.detach(), conds.cameras.flat_matrices().to(x))
         return {"loss_lora": loss}

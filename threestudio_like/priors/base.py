@@ -13,19 +13,6 @@ from torch import Tensor, nn
 from threestudio_like.data.cameras import Cameras
 
 
-def ddpm_alphas_cumprod(
-    num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012, beta_schedule: str = "scaled_linear"
-) -> Tensor:
-    """[T] ᾱ_t of the DDPM schedule (Stable Diffusion's defaults)."""
-    if beta_schedule == "scaled_linear":
-        betas = torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float64) ** 2
-    elif beta_schedule == "linear":
-        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
-    else:
-        raise ValueError(f"beta_schedule={beta_schedule!r} is not supported; use scaled_linear or linear")
-    return torch.cumprod(1.0 - betas, dim=0).float()
-
-
 class DiffusionPrior(nn.Module):
     """A frozen text-conditioned diffusion model seen through the operations guidance needs.
 
@@ -42,8 +29,9 @@ class DiffusionPrior(nn.Module):
         self.device_ = torch.device(device)
 
     def prepare(self, text: str) -> None:
-        """Check (and pre-compute what it can for) prompt ``text`` at start-up, so a prompt the
-        prior cannot use fails before training starts. Raises ValueError with one line."""
+        """Fix the run's prompt ``text`` at start-up (and pre-compute what the prior can for it), so a
+        prompt the prior cannot use fails before training starts. Raises ValueError with one line.
+        After it, ``predict_noise`` is a pure function of its inputs."""
 
     # --- image space <-> model space ---------------------------------------------------------
     def encode_images(self, rgb: Tensor) -> Tensor:
@@ -72,6 +60,25 @@ class DiffusionPrior(nn.Module):
         """ε̂(x_t; cond, t): x_t [N,C,h,w], t [N] integer timesteps, cond [N,...] → [N,C,h,w]."""
         raise NotImplementedError
 
-    def variational_copy(self, rank: int) -> nn.Module:
+    def variational_copy(self, rank: int) -> "VariationalScore":
         """A trainable camera-conditioned score model ε_φ for VSD/ESD (LoRA copy, or a small UNet)."""
         raise NotImplementedError(f"{type(self).__name__} offers no variational copy")
+
+
+class VariationalScore(nn.Module):
+    """ε_φ(x_t; y, t, c) of VSD/ESD: a camera-conditioned score model of the current renders.
+
+    ``forward(x_t [B,C,h,w], t [B] long, cond [B,...] (the view-independent prompt's condition),
+    camera [B,16] or None) -> prediction [B,C,h,w]`` of ``prediction_type``; ``camera`` is the
+    flattened 4×4 camera-to-world matrix, None or zeros meaning "no camera".
+    """
+
+    prediction_type: str = "epsilon"  # or "v_prediction"
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What ε_φ's optimizer steps (empty for a training-free model)."""
+        return []
+
+    def observe(self, x0: Tensor, camera: Optional[Tensor]) -> None:
+        """Called with every step's finite, detached renders x0 [B,C,h,w] and cameras [B,16]: a
+        training-free model learns by remembering them; a trained one learns through its loss."""

@@ -38,7 +38,8 @@ from torch import Tensor
 
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras, RandomCameraConfig, make_cameras, wrap_degrees
-from threestudio_like.priors.base import DiffusionPrior, ddpm_alphas_cumprod
+from threestudio_like.diffusion import alpha_bar_at, ddpm_alphas_cumprod, eps_from_x0
+from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.priors.scenes import BACKGROUND, Scene, parse_prompt
 from threestudio_like.registry import register
 from threestudio_like.utils.images import normal_image
@@ -172,11 +173,21 @@ class EmbeddedPrior(DiffusionPrior):
         self._scenes: dict[str, Scene] = {}
         self._renders: dict[tuple[str, int, int], Tensor] = {}  # (scene key, H, W) → [K,3,H,W] in [−1,1]
         self._sets: dict[tuple[str, int, int], tuple[Tensor, Tensor, Tensor]] = {}
-        self.active_text: Optional[str] = None  # the prompt whose reference set predict_noise uses
+        self.text: Optional[str] = None  # the prompt whose scene the model is (set by prepare)
 
     # --- scenes and references ------------------------------------------------------------------
     def prepare(self, text: str) -> None:
-        self.scene(text)  # parses the prompt: an unknown word fails here, before training
+        """Make the model that of ``text``'s scene (an unknown word fails here, before training)."""
+        self.scene(text)
+        self.text = text
+
+    def prepared_text(self, text: Optional[str] = None) -> str:
+        """The prepared prompt; ``text``, when given, must make the same scene."""
+        if self.text is None:
+            raise RuntimeError("EmbeddedPrior needs its prompt first: call prepare(text)")
+        if text is not None and self.scene(text).key != self.scene(self.text).key:
+            raise ValueError(f"the embedded prior was prepared for {self.text!r}, not {text!r}: call prepare({text!r})")
+        return self.text
 
     def scene(self, text: str) -> Scene:
         """The ground-truth scene of ``text`` (parsed once)."""
@@ -250,12 +261,8 @@ class EmbeddedPrior(DiffusionPrior):
         return weights
 
     def condition(self, text: str, cameras: Cameras, views: Optional[list[str]] = None) -> Tensor:
-        """[B,K_all] weights: this scene's references by camera mode, the library's 0.
-
-        Also makes ``text`` the active prompt whose reference set ``predict_noise`` uses.
-        """
-        self.active_text = text
-        n_library = len(self.library(text)) * self.num_references
+        """[B,K_all] weights: this scene's references by camera mode, the library's 0 (``text``: the prepared prompt)."""
+        n_library = len(self.library(self.prepared_text(text))) * self.num_references
         scene = self._scene_weights(cameras, views)
         library = torch.zeros(len(cameras), n_library)
         return torch.cat([scene, library], dim=1).to(self.device_)
@@ -263,18 +270,14 @@ class EmbeddedPrior(DiffusionPrior):
     def null_condition(self, text: str, cameras: Cameras) -> Tensor:
         """[B,K_all] weights of the ∅ data set: every reference (active scene and library) with
         the same camera weighting. ``text`` (the negative prompt) is not used: the null set is fixed."""
-        if self.active_text is None:
-            raise RuntimeError("EmbeddedPrior.null_condition needs a prompt first: call condition(text, cameras)")
-        n_scenes = 1 + len(self.library(self.active_text))
+        n_scenes = 1 + len(self.library(self.prepared_text()))
         return self._scene_weights(cameras, None).repeat(1, n_scenes).to(self.device_)
 
     # --- the model ---------------------------------------------------------------------------------
     def predict_x0(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        """Exact x̂0 [N,3,H,W] of the active prompt's reference set; x_t [N,3,H,W], t [N], cond [N,K_all]."""
-        if self.active_text is None:
-            raise RuntimeError("EmbeddedPrior.predict_noise needs a prompt first: call condition(text, cameras)")
+        """Exact x̂0 [N,3,H,W] of the prepared prompt's reference set; x_t [N,3,H,W], t [N], cond [N,K_all]."""
         N, C, H, W = x_t.shape
-        refs, mean, sq_norms = (v.to(x_t.device) for v in self.reference_set(self.active_text, W, H))
+        refs, mean, sq_norms = (v.to(x_t.device) for v in self.reference_set(self.prepared_text(), W, H))
         if C != 3 or cond.shape != (N, refs.shape[0]):
             raise ValueError(f"predict_noise got x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)}; expected [N,3,H,W] and [N,{refs.shape[0]}]")
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t]
@@ -283,9 +286,7 @@ class EmbeddedPrior(DiffusionPrior):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """ε̂ = (x_t − √ᾱ_t x̂0) / √(1 − ᾱ_t): x_t [N,3,H,W], t [N], cond [N,K_all] → [N,3,H,W]."""
-        alpha_bar = self.alphas_cumprod.to(x_t.device)[t].view(-1, 1, 1, 1).to(x_t.dtype)
-        x0 = self.predict_x0(x_t, t, cond)
-        return (x_t - alpha_bar.sqrt() * x0) / (1.0 - alpha_bar).sqrt()
+        return eps_from_x0(x_t, self.predict_x0(x_t, t, cond), alpha_bar_at(self.alphas_cumprod, t, x_t))
 
     def variational_copy(self, rank: int) -> torch.nn.Module:
         """ε_φ for VSD/ESD (``rank`` is unused: there is no pretrained UNet to adapt)."""

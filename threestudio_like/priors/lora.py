@@ -12,6 +12,8 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from threestudio_like.priors.base import VariationalScore
+
 CAMERA_DIM = 16  # a flattened 4×4 camera-to-world matrix
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
@@ -60,17 +62,11 @@ def camera_mlp(out_dim: int) -> nn.Sequential:
     return mlp
 
 
-class LoRAVariationalUNet(nn.Module):
+class LoRAVariationalUNet(VariationalScore):
     """ε_φ(x_t; y, t, c): the Stable Diffusion UNet with LoRA adapters and a camera embedding.
 
-    Interface (shared with the embedded prior's variational models)::
-
-        forward(x_t [B,C,h,w], t [B] long, cond [B,L,D] (prior.condition(text, cameras, None)),
-                camera [B,16] or None) -> prediction [B,C,h,w] (float32)
-        prediction_type: "epsilon" | "v_prediction"   # forward returns the raw prediction of this type
-        trainable_parameters() -> list of the LoRA and camera-MLP parameters (float32)
-
-    ``camera`` is the flattened 4×4 camera-to-world matrix; None means the zero vector ("no camera").
+    The :class:`VariationalScore` interface; forward returns the raw prediction of the UNet's
+    ``prediction_type`` in float32; the trainable parameters are the LoRA and camera-MLP ones (float32).
     The UNet itself is held as a plain attribute, so this module's state_dict holds only what trains
     (the LoRA weights under ``lora.*`` and ``camera_mlp.*``), never the frozen base weights.
     With ``shared=True`` the UNet is the prior's own: the adapters and the camera embedding are

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.diffusion import alpha_bar_at, eps_from_v
 from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.prompts import VIEW_SUFFIXES, EmbeddingCache, view_suffixed
 from threestudio_like.registry import register
@@ -346,7 +347,7 @@ class StableDiffusionPrior(DiffusionPrior):
         out = self.unet_prediction(x_t, t, cond)
         if self.prediction_type == "epsilon":
             return out
-        return v_to_eps(out, x_t.float(), self.alphas_cumprod[t.to(self.device_)])
+        return eps_from_v(out, x_t.float(), alpha_bar_at(self.alphas_cumprod, t, out))
 
     def variational_copy(self, rank: int) -> nn.Module:
         """ε_φ for VSD/ESD: LoRA (rank ``rank``) + camera embedding on the UNet (see LoRAVariationalUNet)."""
@@ -364,8 +365,3 @@ class StableDiffusionPrior(DiffusionPrior):
             object.__setattr__(variational, "forward_fn", torch.compile(unet))
         return variational
 
-
-def v_to_eps(v: Tensor, x_t: Tensor, alpha_bar: Tensor) -> Tensor:
-    """ε from a v-prediction: v [N,C,h,w], x_t [N,C,h,w], ᾱ_t [N] → √ᾱ v + √(1−ᾱ) x_t."""
-    a = alpha_bar.view(-1, *([1] * (v.dim() - 1))).to(v.dtype)
-    return a.sqrt() * v + (1.0 - a).sqrt() * x_t

@@ -1,10 +1,7 @@
 """Variational score models ε_φ(x_t; y, t, c) for VSD/ESD when the prior has no UNet to put LoRA on.
 
-Both models share the interface of Stable Diffusion's LoRA copy:
-``forward(x_t [B,C,h,w], t [B], cond [B,...], camera [B,16] or None) -> prediction [B,C,h,w]``,
-``prediction_type`` ("epsilon"), ``trainable_parameters()``. ``camera`` is the flattened 4×4
-camera-to-world matrix; None or the zero vector means "no camera". ``cond`` is accepted and ignored:
-both model the renders of one prompt.
+Both are :class:`~threestudio_like.priors.base.VariationalScore` models, as Stable Diffusion's LoRA
+copy is; they predict ε. ``cond`` is accepted and ignored: both model the renders of one prompt.
 
 - :class:`CameraUNet` — a small diffusers ``UNet2DConditionModel`` trained from scratch, the camera
   entering through a Linear–SiLU–Linear class embedding added to the time embedding (as ProlificDreamer).
@@ -19,7 +16,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from threestudio_like.priors.base import ddpm_alphas_cumprod
+from threestudio_like.diffusion import ddpm_alphas_cumprod, eps_from_x0
+from threestudio_like.priors.base import VariationalScore
 
 CAMERA_DIM = 16
 
@@ -31,14 +29,12 @@ def camera_or_zero(camera: Optional[Tensor], like: Tensor) -> Tensor:
     return camera.to(device=like.device, dtype=like.dtype)
 
 
-class CameraUNet(nn.Module):
+class CameraUNet(VariationalScore):
     """ε_φ as a small camera-conditioned UNet (pixel space), trained from scratch.
 
     Two resolution levels of plain ResNet blocks (no cross-attention: the prompt is fixed for a run),
     a self-attention mid block, and the camera's 16 numbers projected into the time embedding.
     """
-
-    prediction_type = "epsilon"
 
     def __init__(
         self, channels: int = 3, sample_size: int = 32, block_out_channels: Sequence[int] = (32, 64),
@@ -84,7 +80,7 @@ def camera_angles(camera: Tensor) -> tuple[Tensor, Tensor]:
     return elevation, azimuth
 
 
-class RenderMemory(nn.Module):
+class RenderMemory(VariationalScore):
     """ε_φ without training: the exact denoiser of the last ``capacity`` renders.
 
     x̂0(x_t; c) = Σ_i softmax_i(−‖x_t − √ᾱ_t x_i‖² / 2(1−ᾱ_t) + log k(c, c_i)) x_i with
@@ -92,8 +88,6 @@ class RenderMemory(nn.Module):
     k = 1 for "no camera".
     The buffers are part of the state_dict, so a resumed run continues with the same memory.
     """
-
-    prediction_type = "epsilon"
 
     def __init__(self, capacity: int = 64, camera_sigma_deg: float = 10.0, alphas_cumprod: Optional[Tensor] = None) -> None:
         super().__init__()
@@ -148,11 +142,8 @@ class RenderMemory(nn.Module):
         logits = (a.sqrt() * (x @ centred.T) - 0.5 * a * (centred**2).sum(-1)[None]) / (1.0 - a)
         logits = logits + self.log_camera_weights(camera_or_zero(camera, x_t.float()))
         x0_hat = torch.softmax(logits, dim=-1) @ centred + mean
-        eps = (flat - a.sqrt() * x0_hat) / (1.0 - a).sqrt()
+        eps = eps_from_x0(flat, x0_hat, a)
         return eps.view_as(x_t).to(x_t.dtype)
-
-    def trainable_parameters(self) -> list[nn.Parameter]:
-        return []
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # the memory's size is data, not architecture: adopt the saved shapes before the copy

@@ -128,7 +128,7 @@ class TextTo3DSystem(nn.Module):
         prior = build("prior", cfg.prior_type, cfg.prior, device=self.device, sampler=sampler)
         object.__setattr__(self, "prior", prior)  # frozen: kept out of state_dict/checkpoints
         prior.prepare(cfg.prompt_processor.prompt)
-        self.prompt = Prompt(cfg.prompt_processor, prior)
+        self.prompt = Prompt.from_config(cfg.prompt_processor)
         self.guidance = build("guidance", cfg.guidance_type, cfg.guidance, prior).to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build_optimizers()
@@ -147,9 +147,8 @@ class TextTo3DSystem(nn.Module):
         # the fused CPU kernel: one pass over each tensor instead of ~10 (same update to float rounding)
         fused = self.device.type == "cpu"
         self.optimizers = {"geometry": kind(groups, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)}
-        make_guidance_optimizer = getattr(self.guidance, "make_optimizer", None)
-        if make_guidance_optimizer is not None:
-            self.optimizers["guidance"] = make_guidance_optimizer()
+        if self.guidance.trains_a_network:
+            self.optimizers["guidance"] = self.guidance.make_optimizer()
 
     # --- one step ---------------------------------------------------------------------------
     def lambda_(self, term: str, step: int) -> float:
