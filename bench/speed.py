@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import sd21_base as arch  # noqa: E402
 from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler  # noqa: E402
+from threestudio_like.diffusion import guided  # noqa: E402
 from threestudio_like.guidance.base import GuidanceConfig  # noqa: E402
 from threestudio_like.guidance.sds import SDS  # noqa: E402
+from threestudio_like.guidance.vsd import VSD, VSDConfig  # noqa: E402
 from threestudio_like.priors.stable_diffusion import StableDiffusionConfig, StableDiffusionPrior  # noqa: E402
 
 PARTS = ("render", "vae_encode", "unet", "unet_lora", "lora_train_forward", "guidance_math", "backward", "optimizer")
@@ -181,7 +183,7 @@ def sds_step(ctx, timer: PartTimer) -> None:
     _, x, t, noise, x_t, eps_y, eps_0 = prior_pass(ctx, timer)
     with timer("guidance_math"):
         with torch.no_grad():
-            grad = guidance.weight(t, x) * (eps_0 + guidance.cfg.guidance_scale * (eps_y - eps_0) - noise)
+            grad = guidance.weight(t, x) * (guided(eps_y, eps_0, guidance.cfg.guidance_scale) - noise)
         loss = guidance.as_loss(x, grad)[f"loss_{guidance.name}"]
     with timer("backward"):
         loss.backward()
@@ -192,19 +194,19 @@ def sds_step(ctx, timer: PartTimer) -> None:
 
 def vsd_step(ctx, timer: PartTimer) -> None:
     """ProlificDreamer's step: SDS's parts with ε_φ in place of ε, plus ε_φ's own loss and AdamW."""
-    prior, guidance, phi, B = ctx.prior, ctx.guidance, ctx.variational, ctx.args.batch
+    prior, guidance, phi, B = ctx.prior, ctx.vsd, ctx.vsd.variational, ctx.args.batch
     cameras, x, t, noise, x_t, eps_y, eps_0 = prior_pass(ctx, timer)
     camera = cameras.flat_matrices().to(ctx.device)
     with timer("unet_lora"), torch.no_grad():
         eps_phi = phi(x_t, t, ctx.cond, camera)  # s_φ = 1: the camera-free half is skipped
     with timer("guidance_math"):
         with torch.no_grad():
-            grad = guidance.weight(t, x) * (eps_0 + 7.5 * (eps_y - eps_0) - eps_phi)
+            grad = guidance.weight(t, x) * (guided(eps_y, eps_0, guidance.cfg.guidance_scale) - eps_phi)
         loss = guidance.as_loss(x, grad)[f"loss_{guidance.name}"]
     with timer("lora_train_forward"):
         t_phi = torch.randint(0, prior.num_train_timesteps, (B,), device=ctx.device)
         noise_phi = torch.randn_like(x)
-        keep = (torch.rand(B, 1, device=ctx.device) >= 0.1).float()  # camera dropout per item
+        keep = (torch.rand(B, 1, device=ctx.device) >= guidance.cfg.camera_dropout).float()  # per item
         pred = phi(guidance.add_noise(x.detach(), noise_phi, t_phi), t_phi, ctx.cond, camera * keep)
         loss_phi = F.mse_loss(pred, noise_phi)
     with timer("backward"):
@@ -234,9 +236,9 @@ def floor_ms(ctx, steps: int, warmup: int) -> tuple[float, float]:
 
 def run_method(ctx, method: str) -> dict:
     step_fn = sds_step if method == "sds" else vsd_step
-    if method == "vsd" and ctx.variational is None:
-        ctx.variational = ctx.prior.variational_copy(rank=4)
-        ctx.lora_optimizer = torch.optim.AdamW(ctx.variational.trainable_parameters(), lr=1e-4, betas=(0.9, 0.99), eps=1e-15)
+    if method == "vsd" and ctx.vsd is None:
+        ctx.vsd = VSD(VSDConfig(), ctx.prior)  # ε_φ (LoRA on the shared UNet) and its AdamW, as configured
+        ctx.lora_optimizer = ctx.vsd.make_optimizer()
     timer = PartTimer(ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.synchronize()
@@ -288,7 +290,7 @@ def main(argv=None) -> None:
         tokens = arch.TINY_TEXT_TOKENS if args.tiny else arch.SD21_BASE_TEXT_TOKENS
         cond = torch.randn(args.batch, tokens, prior.unet.config.cross_attention_dim, device=device)
         ctx = SimpleNamespace(
-            args=args, device=device, prior=prior, scene=build_scene(args, device), variational=None,
+            args=args, device=device, prior=prior, scene=build_scene(args, device), vsd=None,
             guidance=SDS(GuidanceConfig(guidance_scale=100.0), prior), cond=cond,
             cond_null=torch.cat([cond, torch.randn_like(cond)]),
         )
