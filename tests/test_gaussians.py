@@ -12,7 +12,6 @@ import trimesh
 from threestudio_like.config import ConfigError, parse_structured
 from threestudio_like.data.cameras import make_cameras
 from threestudio_like.export.splat_ply import read_splat_ply, write_splat_ply
-from threestudio_like.geometry import gaussian_densify as densify
 from threestudio_like.geometry.gaussians import GaussianConfig, GaussianSplatting, inverse_sigmoid, rgb_to_sh
 from threestudio_like.materials.plain_albedo import PlainAlbedo, PlainAlbedoConfig
 from threestudio_like.renderers.background import SolidColorBackground, SolidColorConfig
@@ -158,16 +157,19 @@ def densify_setup(max_gaussians: int = 1000):
         geo.scales[:20] = math.log(0.05)  # split these
         geo.scales[20:] = math.log(0.005)  # clone these
     optimizer = torch.optim.Adam(geo.parameter_groups(), eps=1e-15)
-    return geo, optimizer
+    strategy = geo.densify_strategy()
+    return geo, optimizer, strategy, strategy.initialize_state(geo)
 
 
-def train_step(geo, optimizer, step: int) -> None:
+def train_step(geo, optimizer, strategy, state, step: int) -> None:
+    """One step as the system runs it: backward, the geometry's hook, the densification strategy, Adam."""
     from threestudio_like.data.cameras import orbit_cameras
 
     optimizer.zero_grad(set_to_none=True)
     out = render(geo, orbit_cameras(2, 10.0, 2.0, 50.0, 12, 12))
     ((out["rgb"] - 0.3) ** 2).mean().backward()
     geo.after_backward(out, step, optimizer)
+    strategy.step_post_backward(geo, optimizer, state, step, out)
     optimizer.step()
 
 
@@ -181,12 +183,12 @@ def assert_optimizer_consistent(geo, optimizer) -> None:
 
 
 def test_densify_clones_and_splits_on_schedule_and_keeps_adam_state():
-    geo, optimizer = densify_setup()
-    train_step(geo, optimizer, 1)  # not a densification step: Adam state is created, count unchanged
+    geo, optimizer, strategy, state = densify_setup()
+    train_step(geo, optimizer, strategy, state, 1)  # not a densification step: Adam state is created, count unchanged
     assert geo.num_gaussians == 40
     with torch.no_grad():
         kept_moment = optimizer.state[geo.means]["exp_avg"][20:].clone()
-    train_step(geo, optimizer, 2)  # 20 split (→ 40 children), 20 cloned: 40 − 20 + 40 + 20
+    train_step(geo, optimizer, strategy, state, 2)  # 20 split (→ 40 children), 20 cloned: 40 − 20 + 40 + 20
     assert geo.num_gaussians == 80
     assert_optimizer_consistent(geo, optimizer)
     # the cloned originals come first and keep their moments (one more Adam step on them since)
@@ -195,46 +197,47 @@ def test_densify_clones_and_splits_on_schedule_and_keeps_adam_state():
     assert torch.allclose(geo.scales[40:].exp(), torch.full((40, 3), 0.05 / 1.6), rtol=0.05)  # split children
     assert optimizer.state[geo.means]["exp_avg"][:20].abs().sum() > 0
     assert not torch.equal(optimizer.state[geo.means]["exp_avg"][:20], kept_moment)
-    train_step(geo, optimizer, 3)  # Adam steps on the new sizes without error
+    assert len(state.count) == 80 and state.count.sum() == 0  # the statistics restart with the new set
+    train_step(geo, optimizer, strategy, state, 3)  # Adam steps on the new sizes without error
     assert geo.num_gaussians == 80 and all(torch.isfinite(getattr(geo, n)).all() for n in geo.param_names())
-    train_step(geo, optimizer, 11)  # past densify_until_step: nothing changes
+    train_step(geo, optimizer, strategy, state, 11)  # past densify_until_step: nothing changes
     assert geo.num_gaussians == 80
 
 
 def test_densify_respects_the_count_cap():
-    geo, optimizer = densify_setup(max_gaussians=50)
-    train_step(geo, optimizer, 2)
+    geo, optimizer, strategy, state = densify_setup(max_gaussians=50)
+    train_step(geo, optimizer, strategy, state, 2)
     assert geo.num_gaussians == 50
     assert_optimizer_consistent(geo, optimizer)
 
 
 def test_prune_removes_transparent_and_huge_gaussians():
-    geo, optimizer = densify_setup()
-    train_step(geo, optimizer, 1)
+    geo, optimizer, strategy, state = densify_setup()
+    train_step(geo, optimizer, strategy, state, 1)
     with torch.no_grad():
         geo.opacities[:5] = inverse_sigmoid(torch.tensor(0.001))
         geo.scales[5:8] = math.log(1.0)
     marked = geo.means[8:].detach().clone()
-    assert densify.prune(geo, optimizer) == 8
+    assert strategy.prune(geo, optimizer, state) == 8
     assert geo.num_gaussians == 32 and torch.equal(geo.means.detach(), marked)
     assert_optimizer_consistent(geo, optimizer)
     optimizer.step()
 
 
 def test_opacity_reset_caps_opacity_and_clears_its_moments():
-    geo, optimizer = densify_setup()
-    geo.cfg.opacity_reset_interval, geo.cfg.densify_interval = 3, 100
+    geo, optimizer, strategy, state = densify_setup()
+    strategy.cfg.opacity_reset_interval, strategy.cfg.densify_interval = 3, 100
     with torch.no_grad():
         geo.opacities[:10] = inverse_sigmoid(torch.tensor(0.9))
-    train_step(geo, optimizer, 1)
+    train_step(geo, optimizer, strategy, state, 1)
     optimizer.zero_grad()
-    geo.after_backward({}, 3, optimizer)
+    strategy.step_post_backward(geo, optimizer, state, 3, {})
     assert torch.sigmoid(geo.opacities).max().item() <= 0.01 + 1e-6
     assert optimizer.state[geo.opacities]["exp_avg"].abs().sum() == 0
 
 
 def test_position_lr_decays_exponentially():
-    geo, optimizer = densify_setup()
+    geo, optimizer, _, _ = densify_setup()
     geo.update_step(0, 100)
     assert geo.position_lr() == pytest.approx(1e-3)
     assert geo.position_lr(50) == pytest.approx(math.sqrt(1e-3 * 2e-5))

@@ -52,8 +52,13 @@ class Geometry(nn.Module):
         """Called before each training step (coarse-to-fine schedules, occupancy grid updates…)."""
 
     def after_backward(self, render_out: dict[str, Tensor], step: int, optimizer: torch.optim.Optimizer) -> None:
-        """Called after the backward pass, before the optimizer step (densification statistics…)."""
+        """Called after the backward pass, before the optimizer step (learning-rate schedules…)."""
 
     def splats(self) -> Optional[Splats]:
         """The geometry's Gaussians, for a geometry made of them; None for fields (NeRF, SDF)."""
+        return None
+
+    def densify_strategy(self) -> Optional[Any]:
+        """A strategy that adds and removes primitives during training (the Gaussians' densification,
+        ``geometry/gaussian_densify.py``), or None for a geometry of fixed size."""
         return None

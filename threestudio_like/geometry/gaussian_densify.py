@@ -1,4 +1,9 @@
-"""Adaptive density control of 3D Gaussians (3DGS): clone, split, prune, opacity reset.
+"""Adaptive density control of 3D Gaussians (3DGS) as a strategy the training system calls.
+
+Shaped like gsplat's ``DefaultStrategy``: a strategy object holds only its settings; its running
+statistics are an explicit :class:`DensifyState` made by ``initialize_state`` and handed back at every
+``step_post_backward(geometry, optimizer, state, step, render_out)``, which clones, splits, prunes and
+resets opacities on schedule.
 
 The training system owns one Adam whose parameter groups hold the Gaussians' tensors (one tensor per
 group, each group named as in ``GaussianSplatting.parameter_groups``). Adding or removing Gaussians
@@ -7,17 +12,45 @@ rewritten here to match: kept rows keep their moments, new rows start from zero 
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
+from threestudio_like.geometry.gaussian_ops import inverse_sigmoid, quaternion_to_matrix
 
-class DensifyStats:
+
+@dataclass
+class DensifyConfig:
+    """The densification settings (the fields of the same names in ``GaussianConfig``)."""
+
+    densify_from_step: int = 100
+    densify_until_step: int = 1000
+    densify_interval: int = 100
+    densify_grad_threshold: float = 0.1
+    split_scale_threshold: float = 0.02
+    split_factor: float = 1.6
+    max_gaussians: int = 6000
+    prune_opacity_threshold: float = 0.01
+    prune_scale_threshold: float = 0.4
+    opacity_reset_interval: int = 0
+    opacity_reset_value: float = 0.01
+
+    @classmethod
+    def of(cls, cfg: Any) -> "DensifyConfig":
+        """The densification fields of a geometry config."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in fields(cls)})
+
+
+class DensifyState:
     """Running mean, per Gaussian, of the norm of the view-space 2D-mean gradient over the views
     where the Gaussian was visible (3DGS's ``xyz_gradient_accum / denom``)."""
 
     def __init__(self, n: int, device: torch.device | str = "cpu") -> None:
+        self.reset(n, device)
+
+    def reset(self, n: int, device: torch.device | str = "cpu") -> None:
         self.grad_sum = torch.zeros(n, device=device)
         self.count = torch.zeros(n, device=device)
 
@@ -41,15 +74,6 @@ class DensifyStats:
 # --------------------------------------------------------------------------------------------------
 # Optimizer surgery
 # --------------------------------------------------------------------------------------------------
-def set_group_lr(optimizer: Optional[torch.optim.Optimizer], name: str, lr: float) -> None:
-    """Set the learning rate of the parameter group called ``name`` (if there is one)."""
-    if optimizer is None:
-        return
-    for group in optimizer.param_groups:
-        if group.get("name") == name:
-            group["lr"] = lr
-
-
 def _swap_param(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, keep: Tensor, n_new: int) -> None:
     """Put ``new`` where ``old`` was in the optimizer; its state rows follow ``keep`` + ``n_new`` zeros."""
     for group in optimizer.param_groups:
@@ -68,52 +92,21 @@ def _swap_param(optimizer: torch.optim.Optimizer, old: Tensor, new: Tensor, keep
 
 def rebuild(geometry, optimizer: Optional[torch.optim.Optimizer], keep: Tensor, new: Optional[dict[str, Tensor]] = None) -> None:
     """Keep the Gaussians where ``keep`` [N] is true and append ``new`` (name → rows), on the geometry
-    and in the optimizer (and in pending gradients, so the coming optimizer step still applies).
-    Densification statistics restart from zero."""
+    and in the optimizer (and in pending gradients, so the coming optimizer step still applies)."""
     new = new or {}
-    n_new = 0
     for name in geometry.param_names():
         old = getattr(geometry, name)
         rows = new.get(name, old.detach()[:0])
-        n_new = len(rows)
         param = nn.Parameter(torch.cat([old.detach()[keep], rows.to(old.dtype)]), requires_grad=old.requires_grad)
         if old.grad is not None:  # this step's gradient still applies to the kept rows
             param.grad = torch.cat([old.grad[keep], torch.zeros_like(rows)])
         if optimizer is not None:
-            _swap_param(optimizer, old, param, keep, n_new)
+            _swap_param(optimizer, old, param, keep, len(rows))
         setattr(geometry, name, param)
-    geometry.stats = DensifyStats(geometry.num_gaussians, geometry.means.device)
-
-
-# --------------------------------------------------------------------------------------------------
-# The three operations
-# --------------------------------------------------------------------------------------------------
-def densify(geometry, optimizer: Optional[torch.optim.Optimizer]) -> tuple[int, int]:
-    """Clone small and split large Gaussians whose mean gradient reaches the threshold, within the
-    count cap (the largest gradients go first). Returns (n_cloned, n_split)."""
-    cfg = geometry.cfg
-    grads = geometry.stats.average()
-    candidates = grads >= cfg.densify_grad_threshold
-    budget = max(cfg.max_gaussians - geometry.num_gaussians, 0)  # each clone or split adds one
-    if int(candidates.sum()) > budget:
-        order = torch.argsort(torch.where(candidates, grads, -1.0), descending=True)
-        candidates = torch.zeros_like(candidates)
-        candidates[order[:budget]] = True
-    with torch.no_grad():
-        sigma = geometry.scales.exp()
-        large = sigma.max(-1).values > cfg.split_scale_threshold
-        clone, split = candidates & ~large, candidates & large
-        new = {name: getattr(geometry, name).detach()[clone] for name in geometry.param_names()}
-        children = split_children(geometry, split, cfg.split_factor)
-        new = {name: torch.cat([new[name], children[name]]) for name in new}
-    rebuild(geometry, optimizer, ~split, new)
-    return int(clone.sum()), int(split.sum())
 
 
 def split_children(geometry, split: Tensor, factor: float) -> dict[str, Tensor]:
     """Two children per selected Gaussian: means drawn from the parent, σ divided by ``factor``."""
-    from threestudio_like.geometry.gaussians import quaternion_to_matrix
-
     rows = {name: getattr(geometry, name).detach()[split] for name in geometry.param_names()}
     sigma = rows["scales"].exp()
     R = quaternion_to_matrix(rows["rotations"])
@@ -124,53 +117,83 @@ def split_children(geometry, split: Tensor, factor: float) -> dict[str, Tensor]:
     return children
 
 
-def prune(geometry, optimizer: Optional[torch.optim.Optimizer]) -> int:
-    """Remove nearly transparent and overly large Gaussians (at least one always stays). Returns the count."""
-    cfg = geometry.cfg
-    with torch.no_grad():
-        opacity = torch.sigmoid(geometry.opacities)
-        remove = (opacity < cfg.prune_opacity_threshold) | (geometry.scales.exp().max(-1).values > cfg.prune_scale_threshold)
-        if bool(remove.all()):
-            remove[torch.argmax(opacity)] = False
-    if bool(remove.any()):
-        rebuild(geometry, optimizer, ~remove)
-    return int(remove.sum())
+# --------------------------------------------------------------------------------------------------
+# The strategy
+# --------------------------------------------------------------------------------------------------
+class DefaultStrategy:
+    """3DGS's clone / split / prune / opacity reset, on the schedule of a :class:`DensifyConfig`."""
 
+    def __init__(self, cfg: DensifyConfig) -> None:
+        self.cfg = cfg
 
-def reset_opacity(geometry, optimizer: Optional[torch.optim.Optimizer]) -> None:
-    """opacity ← min(opacity, reset value); the opacities' Adam moments restart from zero."""
-    from threestudio_like.geometry.gaussians import inverse_sigmoid
+    def initialize_state(self, geometry) -> DensifyState:
+        return DensifyState(geometry.num_gaussians, geometry.means.device)
 
-    with torch.no_grad():
-        ceiling = inverse_sigmoid(torch.tensor(geometry.cfg.opacity_reset_value)).item()
-        geometry.opacities.clamp_(max=ceiling)
-    state = optimizer.state.get(geometry.opacities, {}) if optimizer is not None else {}
-    for value in state.values():
-        if torch.is_tensor(value) and value.shape == geometry.opacities.shape:
-            value.zero_()
+    def step_post_backward(self, geometry, optimizer: Optional[torch.optim.Optimizer], state: DensifyState,
+                           step: int, render_out: dict) -> dict[str, int]:
+        """Collect the statistics of this step's render, then run the scheduled operations.
 
-
-def after_backward(geometry, render_out: dict, step: int, optimizer: Optional[torch.optim.Optimizer]) -> dict[str, int]:
-    """The per-step bookkeeping: position lr, statistics, and the scheduled operations.
-
-    Densify+prune run at steps ``from ≤ step < until`` with ``step % interval == 0``; the opacity
-    reset at multiples of its interval inside the same window. Returns what changed (for logging).
-    """
-    cfg = geometry.cfg
-    set_group_lr(optimizer, "means", geometry.position_lr(step))
-    changed = {}
-    if step >= cfg.densify_until_step:
+        Densify+prune run at steps ``from ≤ step < until`` with ``step % interval == 0``; the opacity
+        reset at multiples of its interval inside the same window. Returns what changed (for logging).
+        """
+        cfg, changed = self.cfg, {}
+        if step >= cfg.densify_until_step:
+            return changed
+        means2d = render_out.get("means2d")
+        if means2d is not None and means2d.grad is not None and means2d.shape[1] == geometry.num_gaussians:
+            if len(state.count) != geometry.num_gaussians:
+                state.reset(geometry.num_gaussians, geometry.means.device)
+            height, width = render_out["rgb"].shape[1:3]
+            state.accumulate(means2d.grad, render_out["visible"], width, height)
+        if step >= cfg.densify_from_step and cfg.densify_interval > 0 and step % cfg.densify_interval == 0:
+            changed["cloned"], changed["split"] = self.densify(geometry, optimizer, state)
+            changed["pruned"] = self.prune(geometry, optimizer, state)
+        if cfg.opacity_reset_interval > 0 and step > 0 and step % cfg.opacity_reset_interval == 0:
+            self.reset_opacity(geometry, optimizer)
+            changed["opacity_reset"] = 1
         return changed
-    means2d = render_out.get("means2d")
-    if means2d is not None and means2d.grad is not None and means2d.shape[1] == geometry.num_gaussians:
-        if len(geometry.stats.count) != geometry.num_gaussians:
-            geometry.stats = DensifyStats(geometry.num_gaussians, geometry.means.device)
-        height, width = render_out["rgb"].shape[1:3]
-        geometry.stats.accumulate(means2d.grad, render_out["visible"], width, height)
-    if step >= cfg.densify_from_step and cfg.densify_interval > 0 and step % cfg.densify_interval == 0:
-        changed["cloned"], changed["split"] = densify(geometry, optimizer)
-        changed["pruned"] = prune(geometry, optimizer)
-    if cfg.opacity_reset_interval > 0 and step > 0 and step % cfg.opacity_reset_interval == 0:
-        reset_opacity(geometry, optimizer)
-        changed["opacity_reset"] = 1
-    return changed
+
+    def densify(self, geometry, optimizer: Optional[torch.optim.Optimizer], state: DensifyState) -> tuple[int, int]:
+        """Clone small and split large Gaussians whose mean gradient reaches the threshold, within the
+        count cap (the largest gradients go first); the statistics restart. Returns (n_cloned, n_split)."""
+        cfg = self.cfg
+        grads = state.average()
+        candidates = grads >= cfg.densify_grad_threshold
+        budget = max(cfg.max_gaussians - geometry.num_gaussians, 0)  # each clone or split adds one
+        if int(candidates.sum()) > budget:
+            order = torch.argsort(torch.where(candidates, grads, -1.0), descending=True)
+            candidates = torch.zeros_like(candidates)
+            candidates[order[:budget]] = True
+        with torch.no_grad():
+            sigma = geometry.scales.exp()
+            large = sigma.max(-1).values > cfg.split_scale_threshold
+            clone, split = candidates & ~large, candidates & large
+            new = {name: getattr(geometry, name).detach()[clone] for name in geometry.param_names()}
+            children = split_children(geometry, split, cfg.split_factor)
+            new = {name: torch.cat([new[name], children[name]]) for name in new}
+        rebuild(geometry, optimizer, ~split, new)
+        state.reset(geometry.num_gaussians, geometry.means.device)
+        return int(clone.sum()), int(split.sum())
+
+    def prune(self, geometry, optimizer: Optional[torch.optim.Optimizer], state: DensifyState) -> int:
+        """Remove nearly transparent and overly large Gaussians (at least one always stays). Returns the count."""
+        cfg = self.cfg
+        with torch.no_grad():
+            opacity = torch.sigmoid(geometry.opacities)
+            remove = (opacity < cfg.prune_opacity_threshold) | (geometry.scales.exp().max(-1).values > cfg.prune_scale_threshold)
+            if bool(remove.all()):
+                remove[torch.argmax(opacity)] = False
+        if bool(remove.any()):
+            rebuild(geometry, optimizer, ~remove)
+            state.reset(geometry.num_gaussians, geometry.means.device)
+        return int(remove.sum())
+
+    def reset_opacity(self, geometry, optimizer: Optional[torch.optim.Optimizer]) -> None:
+        """opacity ← min(opacity, reset value); the opacities' Adam moments restart from zero."""
+        with torch.no_grad():
+            ceiling = inverse_sigmoid(torch.tensor(self.cfg.opacity_reset_value)).item()
+            geometry.opacities.clamp_(max=ceiling)
+        state = optimizer.state.get(geometry.opacities, {}) if optimizer is not None else {}
+        for value in state.values():
+            if torch.is_tensor(value) and value.shape == geometry.opacities.shape:
+                value.zero_()

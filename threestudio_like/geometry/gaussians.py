@@ -3,7 +3,8 @@
 Each Gaussian i has a mean μ_i, a log-scale s_i (σ = exp s), a rotation quaternion q_i (wxyz,
 normalised on use), a logit opacity and a colour: either spherical-harmonic coefficients up to
 degree 3 (colour = max(SH(d) + 0.5, 0), d = view direction, as in 3DGS) or a plain sigmoid RGB.
-Densification and pruning live in ``geometry/gaussian_densify.py``.
+Densification and pruning are a strategy the system calls (``geometry/gaussian_densify.py``,
+offered by :meth:`GaussianSplatting.densify_strategy`).
 """
 from __future__ import annotations
 
@@ -19,67 +20,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
-from threestudio_like.geometry import gaussian_densify as densify
 from threestudio_like.geometry.base import Geometry, Splats
+from threestudio_like.geometry.gaussian_densify import DefaultStrategy, DensifyConfig
+from threestudio_like.geometry.gaussian_ops import (
+    SH_C0, covariance_3d, eval_sh, inverse_sigmoid, quaternion_to_matrix, rgb_to_sh, sh_basis_count,
+)
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_above, check_at_least, check_between, check_learning_rates
 
-# Real spherical-harmonic constants (degrees 0–3), as used by 3DGS and Plenoxels.
-SH_C0 = 0.28209479177387814
-SH_C1 = 0.4886025119029199
-SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 PARAM_NAMES = ("means", "scales", "rotations", "opacities", "features_dc", "features_rest")
 
 
 # --------------------------------------------------------------------------------------------------
 # Pure helpers
 # --------------------------------------------------------------------------------------------------
-def quaternion_to_matrix(quats: Tensor) -> Tensor:
-    """quats [...,4] (wxyz, any norm) → rotation matrices [...,3,3]."""
-    w, x, y, z = F.normalize(quats, dim=-1).unbind(-1)
-    rows = (
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    )
-    return torch.stack(rows, dim=-1).reshape(*quats.shape[:-1], 3, 3)
-
-
-def covariance_3d(quats: Tensor, scales: Tensor) -> Tensor:
-    """quats [N,4], scales [N,3] (activated σ) → Σ = R diag(σ²) Rᵀ [N,3,3]."""
-    R = quaternion_to_matrix(quats)
-    M = R * scales[..., None, :]
-    return M @ M.transpose(-1, -2)
-
-
-def sh_basis_count(degree: int) -> int:
-    return (degree + 1) ** 2
-
-
-def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
-    """coeffs [...,K,3] (K ≥ (degree+1)²), unit dirs [...,3] → SH value [...,3] (no +0.5 offset)."""
-    out = SH_C0 * coeffs[..., 0, :]
-    if degree < 1:
-        return out
-    x, y, z = (dirs[..., i : i + 1] for i in range(3))
-    out = out - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
-    if degree < 2:
-        return out
-    xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    out = (out + SH_C2[0] * xy * coeffs[..., 4, :] + SH_C2[1] * yz * coeffs[..., 5, :]
-           + SH_C2[2] * (2 * zz - xx - yy) * coeffs[..., 6, :] + SH_C2[3] * xz * coeffs[..., 7, :]
-           + SH_C2[4] * (xx - yy) * coeffs[..., 8, :])
-    if degree < 3:
-        return out
-    return (out + SH_C3[0] * y * (3 * xx - yy) * coeffs[..., 9, :] + SH_C3[1] * xy * z * coeffs[..., 10, :]
-            + SH_C3[2] * y * (4 * zz - xx - yy) * coeffs[..., 11, :]
-            + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * coeffs[..., 12, :]
-            + SH_C3[4] * x * (4 * zz - xx - yy) * coeffs[..., 13, :] + SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
-            + SH_C3[6] * x * (xx - 3 * yy) * coeffs[..., 15, :])
-
-
 def splat_sums(
     means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, points: Tensor,
     values: Optional[Tensor] = None, cutoff: float = 3.0,
@@ -129,15 +83,6 @@ def splat_sums(
             if values is not None:
                 weighted[chunk] = w @ values[near]
     return total, weighted
-
-
-def rgb_to_sh(rgb: Tensor) -> Tensor:
-    """Degree-0 SH coefficient whose colour is ``rgb``."""
-    return (rgb - 0.5) / SH_C0
-
-
-def inverse_sigmoid(x: Tensor) -> Tensor:
-    return torch.log(x / (1 - x))
 
 
 def ball_points(n: int, radius: float, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -272,7 +217,6 @@ class GaussianSplatting(Geometry):
         else:
             points, colors = load_point_source(cfg.init_from, cfg.init_num_points, generator)
         self.init_from_points(points, colors)
-        self.stats = densify.DensifyStats(len(points))
         self.step, self.max_steps = 0, 1
 
     # --- parameters ---------------------------------------------------------------------------
@@ -375,8 +319,13 @@ class GaussianSplatting(Geometry):
         self.step, self.max_steps = step, max_steps
 
     def after_backward(self, render_out: dict[str, Tensor], step: int, optimizer: Optional[torch.optim.Optimizer]) -> None:
-        """Collect densification statistics, then densify/prune/reset on schedule and set the position lr."""
-        densify.after_backward(self, render_out, step, optimizer)
+        """Set the means' learning rate of this step (the position schedule)."""
+        for group in optimizer.param_groups if optimizer is not None else ():
+            if group.get("name") == "means":
+                group["lr"] = self.position_lr(step)
+
+    def densify_strategy(self) -> DefaultStrategy:
+        return DefaultStrategy(DensifyConfig.of(self.cfg))
 
     # --- checkpoints and export ------------------------------------------------------------------
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -393,7 +342,6 @@ class GaussianSplatting(Geometry):
                 )
             if incoming.shape != current.shape:
                 setattr(self, name, nn.Parameter(torch.empty_like(incoming, device=current.device)))
-        self.stats = densify.DensifyStats(len(state_dict.get("means", self.means)), self.means.device)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @torch.no_grad()

@@ -22,6 +22,8 @@ class DiffusionPrior(nn.Module):
 
     num_train_timesteps: int = 1000
     alphas_cumprod: Tensor
+    # a prior of a known world (the embedded prior) offers ``scene(text)``, the quality benchmark's truth
+    knows_ground_truth: bool = False
 
     def __init__(self, cfg, device: torch.device, sampler=None) -> None:
         super().__init__()

@@ -159,6 +159,7 @@ class EmbeddedPrior(DiffusionPrior):
     """Exact denoiser over rendered references of the prompt's procedural scene (see module doc)."""
 
     Config = EmbeddedPriorConfig
+    knows_ground_truth = True
 
     def __init__(self, cfg: EmbeddedPriorConfig, device: torch.device | str = "cpu", sampler=None) -> None:
         super().__init__(cfg, device, sampler)

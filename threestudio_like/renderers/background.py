@@ -11,6 +11,14 @@ from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_at_least, check_between, check_learning_rates, check_length
 
 
+class Background(nn.Module):
+    """``forward(dirs [B,H,W,3], training) → rgb [B,H,W,3]``; a learned one offers its parameters."""
+
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer parameter groups ({"params", "lr", "name"}); none for a fixed background."""
+        return []
+
+
 @dataclass
 class SolidColorConfig:
     color: List[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
@@ -21,7 +29,7 @@ class SolidColorConfig:
 
 
 @register("background", "solid-color")
-class SolidColorBackground(nn.Module):
+class SolidColorBackground(Background):
     Config = SolidColorConfig
 
     def __init__(self, cfg: SolidColorConfig) -> None:
@@ -43,7 +51,7 @@ class RandomColorConfig:
 
 
 @register("background", "random-color")
-class RandomColorBackground(nn.Module):
+class RandomColorBackground(Background):
     """One random solid color per image while training, a fixed one for evaluation."""
 
     Config = RandomColorConfig
@@ -74,7 +82,7 @@ class EnvironmentMapConfig:
 
 
 @register("background", "neural-environment-map")
-class EnvironmentMapBackground(nn.Module):
+class EnvironmentMapBackground(Background):
     """A small MLP from view direction (with sinusoidal encoding) to color."""
 
     Config = EnvironmentMapConfig

@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from threestudio_like.config import check_choice
-from threestudio_like.geometry.gaussians import covariance_3d
+from threestudio_like.geometry.gaussian_ops import covariance_3d
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.segments import segment_exclusive_cumsum, segments

@@ -37,7 +37,7 @@ def image_quality(system, cameras: Cameras) -> dict[str, float]:
 
 
 def knows_ground_truth(system) -> bool:
-    return hasattr(system.prior, "scene")
+    return system.prior.knows_ground_truth
 
 
 def count_components(mesh: trimesh.Trimesh) -> int:

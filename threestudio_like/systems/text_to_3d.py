@@ -138,10 +138,9 @@ class TextTo3DSystem(nn.Module):
 
     # --- optimizers -----------------------------------------------------------------------
     def build_optimizers(self) -> None:
-        """(Re)build the optimizers over the current parameters (after loading a checkpoint too)."""
-        groups = list(self.geometry.parameter_groups())
-        if hasattr(self.background, "parameter_groups"):
-            groups += self.background.parameter_groups()
+        """(Re)build the optimizers over the current parameters (after loading a checkpoint or
+        converting the geometry too), and the densification state, which follows the parameters."""
+        groups = list(self.geometry.parameter_groups()) + self.background.parameter_groups()
         cfg = self.cfg.optimizer
         kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
         # the fused CPU kernel: one pass over each tensor instead of ~10 (same update to float rounding)
@@ -149,6 +148,8 @@ class TextTo3DSystem(nn.Module):
         self.optimizers = {"geometry": kind(groups, betas=tuple(cfg.betas), eps=cfg.eps, fused=fused)}
         if self.guidance.trains_a_network:
             self.optimizers["guidance"] = self.guidance.make_optimizer()
+        self.densifier = self.geometry.densify_strategy()
+        self.densify_state = self.densifier.initialize_state(self.geometry) if self.densifier is not None else None
 
     # --- one step ---------------------------------------------------------------------------
     def lambda_(self, term: str, step: int) -> float:
@@ -221,6 +222,8 @@ class TextTo3DSystem(nn.Module):
         logged["loss"] = float(total.detach())
         if self.step_is_finite(logged):
             self.geometry.after_backward(out, step, self.optimizers["geometry"])
+            if self.densifier is not None:
+                self.densifier.step_post_backward(self.geometry, self.optimizers["geometry"], self.densify_state, step, out)
             for optimizer in self.optimizers.values():
                 optimizer.step()
         else:
