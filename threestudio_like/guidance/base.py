@@ -75,7 +75,6 @@ class ScoreDistillation(nn.Module):
 
     Config = GuidanceConfig
     trains_a_network = False  # VSD/ESD: their ε_φ is stepped by the system through make_optimizer
-    extra_loss_names: tuple[str, ...] = ()  # the terms extra_losses returns (zero on a skipped step)
 
     def __init__(self, cfg: GuidanceConfig, prior: DiffusionPrior) -> None:
         super().__init__()
@@ -208,7 +207,7 @@ class ScoreDistillation(nn.Module):
         """A skipped step, counted: a zero loss that still reaches x's graph (no NaN through it)."""
         self.skipped_steps += 1
         zero = (x.nan_to_num(0.0, 0.0, 0.0) * 0.0).sum()
-        out = {name: zero for name in (f"loss_{self.name}", *self.extra_loss_names)}
+        out = {f"loss_{term}": zero for term in self.loss_terms()}
         out.update(grad_norm=torch.tensor(float("nan")), t=t.float().mean(), skipped=torch.tensor(float(self.skipped_steps)))
         return out
 

@@ -57,7 +57,6 @@ class VSD(ScoreDistillation):
 
     Config = VSDConfig
     trains_a_network = True
-    extra_loss_names = ("loss_lora",)
 
     def __init__(self, cfg: VSDConfig, prior) -> None:
         super().__init__(cfg, prior)
