@@ -135,7 +135,7 @@ def supervised_step(system, scene, step: int, max_steps: int) -> dict[str, float
     optimizer = system.optimizers["geometry"]
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    system.geometry.after_backward(out, step, optimizer)
+    system.after_backward(out, step)
     optimizer.step()
     grad_norm = float((x - target).detach().norm())
     return {"loss": float(loss.detach()), "loss_fit": float(loss.detach()), "grad_norm": grad_norm}

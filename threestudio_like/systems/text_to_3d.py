@@ -221,9 +221,7 @@ class TextTo3DSystem(nn.Module):
         logged = {key: float(value.detach()) for key, value in terms.items() if torch.is_tensor(value) and value.numel() == 1}
         logged["loss"] = float(total.detach())
         if self.step_is_finite(logged):
-            self.geometry.after_backward(out, step, self.optimizers["geometry"])
-            if self.densifier is not None:
-                self.densifier.step_post_backward(self.geometry, self.optimizers["geometry"], self.densify_state, step, out)
+            self.after_backward(out, step)
             for optimizer in self.optimizers.values():
                 optimizer.step()
         else:
@@ -233,6 +231,13 @@ class TextTo3DSystem(nn.Module):
                 optimizer.zero_grad(set_to_none=True)
         logged["skipped"] = float(self.skipped_steps)
         return logged
+
+    def after_backward(self, out: dict[str, Tensor], step: int) -> None:
+        """Between backward and the optimizer step: the geometry's hook (learning-rate schedules) and
+        its densification strategy, which may add and remove primitives."""
+        self.geometry.after_backward(out, step, self.optimizers["geometry"])
+        if self.densifier is not None:
+            self.densifier.step_post_backward(self.geometry, self.optimizers["geometry"], self.densify_state, step, out)
 
     def step_is_finite(self, logged: dict[str, float]) -> bool:
         """Every loss (inf counts as non-finite), the guidance's gradient norm (NaN when it declined
