@@ -293,7 +293,7 @@ def ours_gaussian(p: dict, cameras, colors, res: int):
 def peer_gaussian(ref, p: dict, cameras, colors, res: int):
     """gsplat's torch projection, then ``accumulate`` over the live pairs (the pairs its CUDA
     ``rasterize_to_indices_in_range`` would give, enumerated here without autograd)."""
-    from threestudio_like.geometry.gaussians import covariance_3d
+    from threestudio_like.geometry.gaussian_ops import covariance_3d
     from threestudio_like.renderers import gaussian as G
 
     C, N = colors.shape[:2]

@@ -296,7 +296,7 @@ def test_density_at_the_mean_is_the_opacity_and_cells_match_brute_force():
         geo.scales.add_(0.3 * torch.randn_like(geo.scales))
     points = torch.rand(5000, 3) * 1.2 - 0.6
     p = geo.activated()
-    from threestudio_like.geometry.gaussians import covariance_3d
+    from threestudio_like.geometry.gaussian_ops import covariance_3d
 
     inv = torch.linalg.inv(covariance_3d(p["quats"], p["scales"]))
     d = points[:, None] - p["means"][None]

@@ -58,7 +58,7 @@ def sh_rotation(rotation: np.ndarray, degree: int, n_directions: int = 256) -> n
     """[K,K] matrix T (K = (degree+1)²) with Σ_k Y_k(R d) (T c)_k = Σ_k Y_k(d) c_k for every unit d:
     the SH coefficients of a colour function turned with the object. Solved by least squares on
     random directions, exact because each SH band is closed under rotation."""
-    from threestudio_like.geometry.gaussians import eval_sh
+    from threestudio_like.geometry.gaussian_ops import eval_sh
 
     k = (degree + 1) ** 2
     dirs = torch.nn.functional.normalize(torch.randn(n_directions, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), dim=-1)
