@@ -170,7 +170,8 @@ def run(args: argparse.Namespace, trainer) -> int:
         return 1
     except (KeyboardInterrupt, Terminated) as stop:
         name = "SIGINT" if isinstance(stop, KeyboardInterrupt) else str(stop)
-        print(f"\nstopped: {name} after training; {trainer.kept_checkpoint()}", file=sys.stderr)
+        phase = "after training (turntable, export or quality)" if args.train else "while writing the outputs"
+        print(f"\nstopped: {name} {phase}; {trainer.kept_checkpoint()}", file=sys.stderr)
         return exit_code(getattr(stop, "signum", signal.SIGINT))
     return 0
 
