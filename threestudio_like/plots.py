@@ -63,7 +63,8 @@ def plot_panels(path: str | os.PathLike, panels: Sequence[dict], title: str = ""
         for label, series in panel["series"].items():
             steps, values = np.asarray(series[0], dtype=float), np.asarray(series[1], dtype=float)
             style = "--" if label in panel.get("dashed", ()) else "-"
-            line = ax.plot(steps, values, style, label=label, linewidth=1.4)[0]
+            marker = "o" if len(steps) < 8 else None  # a series of one or two points shows as dots
+            line = ax.plot(steps, values, style, label=label, linewidth=1.4, marker=marker, markersize=4)[0]
             if len(series) > 2 and np.any(np.asarray(series[2]) > 0) and not panel.get("log"):  # mean − std may be ≤ 0
                 std = np.asarray(series[2], dtype=float)
                 ax.fill_between(steps, values - std, values + std, color=line.get_color(), alpha=0.15, linewidth=0)

@@ -127,7 +127,7 @@ def write_run_page(run_dir: str | os.PathLike, out_dir: Optional[str | os.PathLi
         head=viewer_head + splat_head, headline=table(headline), viewer=viewer_html, splats=splat_html,
         media=media_section(run, out),
         curves=f'<img id="curves" src="{curves.name}" alt="training curves">' if curves else "<p class=note>No metrics.csv yet.</p>",
-        quality=table(list(run.quality.items())) if run.quality else "<p class=note>No quality.json (a prior without ground truth, or not finished).</p>",
+        quality=table(list(flatten(run.quality).items())) if run.quality else "<p class=note>No quality.json (a prior without ground truth, or not finished).</p>",
         export=table(export_rows(run, out)) if run.export_info else "<p class=note>No export yet.</p>",
         config=table(sorted(flatten(run.config).items()), css="kv config"),
     )

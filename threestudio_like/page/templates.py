@@ -5,7 +5,8 @@ body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1180px;
 h1 { font-size: 20px; margin: 8px 0 2px; } h2 { font-size: 16px; margin: 22px 0 6px; border-bottom: 1px solid #ddd; }
 .row { display: flex; flex-wrap: wrap; gap: 18px; align-items: flex-start; }
 model-viewer, #splat-viewer { width: 512px; height: 512px; background: #f4f4f4; border: 1px solid #ddd; }
-figure { margin: 0; } video, #validation { max-width: 100%; border: 1px solid #ddd; } #curves { max-width: 100%; }
+figure { margin: 0; } video, #validation { max-width: 100%; max-height: 560px; border: 1px solid #ddd; }
+#curves { max-width: 100%; }
 table.kv { border-collapse: collapse; } table.kv th, table.kv td { text-align: left; padding: 2px 10px 2px 0; vertical-align: top; }
 table.kv th { font-weight: 600; color: #555; } table.config td, table.config th { font: 12px monospace; }
 table.runs { border-collapse: collapse; } table.runs td, table.runs th { padding: 4px 8px; border-bottom: 1px solid #eee; text-align: left; }
