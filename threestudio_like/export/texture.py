@@ -75,14 +75,17 @@ def unwrap_uv(vertices: np.ndarray, faces: np.ndarray, texture_size: int, paddin
     # xatlas is the slow step of an export (about a minute for 150k faces on two CPU cores)
     log.info("unwrapping UVs of %d faces with xatlas%s", len(faces),
              "; set decimate_target_faces to make this faster" if len(faces) > 100_000 else "")
-    atlas.generate(pack_options=pack)
+    charts = xatlas.ChartOptions()
+    # larger charts (cost 6 instead of 2, two growing passes): fewer gutters, +3 % coverage on the demo
+    charts.max_cost, charts.max_iterations = 6.0, 2
+    atlas.generate(chart_options=charts, pack_options=pack)
     if atlas.atlas_count != 1:
         # charts did not fit one image at the estimated density: pack again, leaving xatlas to size it
         pack.resolution = 0
         pack.texels_per_unit = atlas.texels_per_unit * 0.9
         atlas = xatlas.Atlas()
         atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
-        atlas.generate(pack_options=pack)
+        atlas.generate(chart_options=charts, pack_options=pack)
     vmapping, new_faces, uv = atlas[0]
     return vmapping.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float32)
 
