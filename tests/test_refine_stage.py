@@ -80,6 +80,17 @@ def test_convert_into_a_geometry_without_create_from_is_one_line(coarse_run, tmp
     assert "cannot be created from another run" in _convert_error(root, tmp_path, capsys, run)
 
 
+def test_convert_threshold_replaces_the_source_level_for_its_type_only(coarse_run):
+    from threestudio_like.systems.convert import load_source_geometry
+
+    _, run = coarse_run
+    own, record = load_source_geometry(run)
+    assert record["isosurface_threshold"] == own.isosurface_threshold() == 5.0  # base/nerf.yaml's level
+    lowered, record = load_source_geometry(run / "ckpts/last.ckpt", {"implicit-volume": 2.0, "gaussian-splatting": 0.3})
+    assert lowered.isosurface_threshold() == record["isosurface_threshold"] == 2.0
+    assert load_source_geometry(run, {"gaussian-splatting": 0.3})[0].isosurface_threshold() == 5.0
+
+
 def test_stage_and_prior_references_must_agree(coarse_run, tmp_path, capsys):
     root, _ = coarse_run
     code = main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={tmp_path}",

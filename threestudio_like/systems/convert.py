@@ -38,8 +38,9 @@ def resolve_source(path: str | os.PathLike) -> tuple[Path, Path]:
     return run_dir, ckpt
 
 
-def load_source_geometry(path: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The finished run's geometry (on the CPU, at its trained state) and the record of where it came from."""
+def load_source_geometry(path: str | os.PathLike, thresholds: dict[str, float] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The finished run's geometry (on the CPU, at its trained state) and the record of where it came
+    from; ``thresholds`` (geometry type → density level) replaces its isosurface level."""
     from threestudio_like.config import ConfigError, load_config
     from threestudio_like.systems.checkpoint import load_checkpoint
 
@@ -47,6 +48,9 @@ def load_source_geometry(path: str | os.PathLike) -> tuple[torch.nn.Module, dict
     config_path = run_dir / "configs" / "parsed.yaml"
     try:
         source_cfg = load_config(config_path)
+        level = (thresholds or {}).get(source_cfg.system.geometry_type)
+        if level is not None:
+            source_cfg = load_config(config_path, [f"system.geometry.isosurface_threshold={level}"])
     except ConfigError as error:
         raise ValueError(f"geometry_convert_from={str(path)!r}: its configs/parsed.yaml does not load: {error}") from None
     system_cfg = source_cfg.system
@@ -66,7 +70,7 @@ def load_source_geometry(path: str | os.PathLike) -> tuple[torch.nn.Module, dict
         "run": str(run_dir.resolve()), "checkpoint": str(ckpt.resolve()), "step": step,
         "config_sha256": hashlib.sha256(config_path.read_bytes()).hexdigest(),
         "geometry_type": system_cfg.geometry_type, "stage": getattr(system_cfg, "stage", "coarse"),
-        "prompt": system_cfg.prompt_processor.prompt,
+        "prompt": system_cfg.prompt_processor.prompt, "isosurface_threshold": geometry.isosurface_threshold(),
     }
     return geometry.eval(), record
 
@@ -75,7 +79,7 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     """Replace ``system.geometry`` by ``create_from`` of the run at ``path``; rebuilds the optimizers.
     Returns (and keeps as ``system.converted_from``) the record written to convert_from.json."""
     cfg = system.cfg
-    source, record = load_source_geometry(path)
+    source, record = load_source_geometry(path, cfg.geometry_convert_threshold)
     target = lookup("geometry", cfg.geometry_type)
     if not hasattr(target, "create_from"):
         raise ValueError(f"system.geometry_type={cfg.geometry_type!r} cannot be created from another run's "

@@ -83,6 +83,9 @@ class TextTo3DConfig:
     # a finished run (folder or its ckpts/last.ckpt) whose geometry this run's geometry is created
     # from (NewGeometry.create_from(old)); recorded in the run folder as convert_from.json
     geometry_convert_from: Optional[str] = None
+    # per source geometry type, the density level create_from takes the surface at instead of the
+    # source's own export level (e.g. {gaussian-splatting: 0.3}: a solid surface under the splats)
+    geometry_convert_threshold: Dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice(self.stage, STAGES, "stage")
