@@ -118,3 +118,10 @@ def test_bad_export_options_are_one_line(root, override, accepted):
     with pytest.raises(ConfigError) as error:
         load_config(root / "configs/sds-nerf.yaml", [override])
     assert accepted in str(error.value) and "\n" not in str(error.value)
+
+
+def test_decimation_leaves_one_piece():
+    from threestudio_like.export import extract_mesh
+
+    mesh = extract_mesh(ball_on_box(), ExportConfig(isosurface_resolution=48, decimate_target_faces=1500, progress=False))
+    assert len(mesh.faces) <= 1500 and len(mesh.split(only_watertight=False)) == 1

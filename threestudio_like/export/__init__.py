@@ -107,7 +107,9 @@ def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) 
         level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
         mesh = marching_cubes(grid, level, float(geometry.radius))
     mesh = remove_floaters(mesh, cfg.min_component_fraction)
-    mesh = decimate(mesh, cfg.decimate_target_faces)
+    if cfg.decimate_target_faces:
+        # decimation leaves a few slivers of 2–10 faces beside the surface (8 on the demo): drop them too
+        mesh = remove_floaters(decimate(mesh, cfg.decimate_target_faces), cfg.min_component_fraction)
     mesh.metadata["isosurface_threshold"] = level
     log.info("mesh (density level %s): %d vertices, %d faces, watertight=%s", level, len(mesh.vertices),
              len(mesh.faces), mesh.is_watertight)
