@@ -33,7 +33,8 @@ def positive(kind):
 
 def run_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="A grid of launch.py --train runs on Ray, with a SQLite ledger.",
-                                     epilog=f"{PROG} status DIR prints the ledger of a sweep folder.")
+                                     epilog=f"Trailing key=value config overrides apply to every job (e.g. trainer.max_steps=600). "
+                                            f"{PROG} status DIR prints the ledger of a sweep folder.")
     parser.add_argument("--config", required=True, help="a run config, e.g. configs/sds-nerf.yaml")
     parser.add_argument("--variants", type=split_list, default=None,
                         help="comma-separated configs beside --config (sds-nerf,vsd-nerf) or YAML paths; default: --config alone")
@@ -48,7 +49,7 @@ def run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-run", type=positive(float), default=1.0, help="GPUs per job where the cluster has GPUs (fractions allowed)")
     parser.add_argument("--cpus-per-run", type=positive(float), default=1.0, help="CPUs per job (default 1)")
     parser.add_argument("--max-attempts", type=positive(int), default=3, help="launches of a job before it counts as failed (default 3)")
-    parser.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed with a user error")
+    parser.add_argument("--retry-failed", action="store_true", help="also rerun jobs that failed with a user error or stopped themselves")
     parser.add_argument("--report-frames", type=positive(int), default=24, help="turntable frames of the comparison video")
     parser.add_argument("--no-report", action="store_true", help="skip the comparison report at the end")
     return parser
