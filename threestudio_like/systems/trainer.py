@@ -80,7 +80,7 @@ class Trainer:
         self.saved_step: Optional[int] = None  # the step of the last checkpoint on disk
         self.config_file: Optional[str] = None  # the run's config file that made the checkpoints
         self.resumed_config_file: Optional[str] = None  # the one recorded in the resumed checkpoint
-        self.board = TensorBoardLog(self.run_dir / "tensorboard") if cfg.tensorboard else None
+        self.board: Optional[TensorBoardLog] = None  # opened by fit, once run_dir is the run's own folder
 
     @property
     def save_dir(self) -> Path:
@@ -136,6 +136,8 @@ class Trainer:
             with signals:
                 self.run_dir.mkdir(parents=True, exist_ok=True)
                 log = MetricsLog(self.run_dir / "metrics.csv")
+                if self.cfg.tensorboard and self.board is None:
+                    self.board = TensorBoardLog(self.run_dir / "tensorboard")
                 log.keep_until(self.step)
                 self.loop(log, bar, signals)
         except KeyboardInterrupt:  # a second signal, mid-step: that step cannot be saved
