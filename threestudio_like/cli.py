@@ -95,7 +95,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             trainer.run_dir, lock = run_folder.claim(cfg.exp_root_dir, cfg.name, run_tag(cfg), cfg.use_timestamp, cfg.resume)
             config_text = to_yaml(dataclasses.replace(cfg, resume=None))
             trainer.config_file = run_folder.record_config(trainer.run_dir, config_text, trainer.step, trainer.resumed_config_file)
-            if getattr(trainer.system, "converted_from", None):
+            if trainer.system.converted_from:
                 from threestudio_like.systems.convert import write_record
 
                 write_record(trainer.run_dir, trainer.system.converted_from)

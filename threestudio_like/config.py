@@ -14,6 +14,7 @@ A part's options belong to its type, so that files and overrides compose:
 from __future__ import annotations
 
 import dataclasses
+import typing
 import math
 import os
 import typing
@@ -124,7 +125,6 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         values = dataclasses.asdict(values)
     if not isinstance(values, (dict, DictConfig)):
         raise ConfigError(f"config error at {where}: expected a mapping of {schema.__name__} keys, got {values!r}")
-    accepted = ", ".join(f.name for f in dataclasses.fields(schema))
     try:
         node = OmegaConf.merge(OmegaConf.structured(schema), values)
         parsed = OmegaConf.to_object(node)  # runs __post_init__ checks
@@ -134,6 +134,9 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         return parsed
     except ConfigKeyError as error:
         key = join_key(where, str(error.full_key))
+        if key in MOVED_KEYS:
+            raise ConfigError(f"config key {key!r} has moved: use {MOVED_KEYS[key]}") from None
+        accepted = ", ".join(f.name for f in dataclasses.fields(schema_at(schema, str(error.full_key))))
         raise ConfigError(f"unknown config key {key!r}; accepted keys here: {accepted}") from None
     except OmegaConfBaseException as error:
         key = join_key(where, str(error.full_key))
@@ -143,6 +146,31 @@ def parse_structured(schema: type[T], values: Any, where: str) -> T:
         if isinstance(error, BadValue):
             raise ConfigError(f"config error: {join_key(where, str(error))}") from None
         raise ConfigError(f"config error at {where!r}: {shorten(str(error).splitlines()[0], 300)}") from None
+
+
+# keys that an earlier layout of the configs had, and where they live now (old runs' parsed.yaml)
+MOVED_KEYS = {
+    "system.prompt_processor.use_perp_neg": "system.guidance.use_perp_neg (Perp-Neg's settings live with the guidance)",
+}
+
+
+def schema_at(schema: type, dotted: str) -> type:
+    """The dataclass that holds the last part of ``dotted`` inside ``schema`` (for "accepted keys here")."""
+    for part in dotted.split(".")[:-1]:
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        inner = fields[part].type if part in fields else None
+        inner = typing_hints(schema).get(part, inner)
+        if not (isinstance(inner, type) and dataclasses.is_dataclass(inner)):
+            break
+        schema = inner
+    return schema
+
+
+def typing_hints(schema: type) -> dict:
+    try:
+        return typing.get_type_hints(schema)
+    except Exception:  # unresolvable annotations: fall back to the field's own type
+        return {}
 
 
 def find_non_finite(value: Any, key: str) -> Optional[tuple[str, float]]:

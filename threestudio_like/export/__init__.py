@@ -100,8 +100,10 @@ def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) 
 
     A geometry that is a mesh already (it offers ``isosurface()``, e.g. DMTet) gives that mesh, not
     marching cubes of its density; its ``isosurface_threshold`` metadata is then None."""
-    if callable(getattr(geometry, "isosurface", None)):
-        mesh, level = own_surface(geometry), None
+    with torch.no_grad():
+        own = geometry.isosurface()
+    if own is not None:
+        mesh, level = own_surface(geometry, own), None
     else:
         grid = density_grid(geometry, cfg.isosurface_resolution, cfg.chunk_size, cfg.progress)
         level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
@@ -116,10 +118,9 @@ def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) 
     return mesh
 
 
-def own_surface(geometry: torch.nn.Module) -> trimesh.Trimesh:
-    """The world-frame mesh a mesh geometry holds (detached), merged at shared vertices."""
-    with torch.no_grad():
-        mesh = geometry.isosurface().to_trimesh()
+def own_surface(geometry: torch.nn.Module, surface) -> trimesh.Trimesh:
+    """The world-frame trimesh of the ``Mesh`` a mesh geometry holds (detached), merged at shared vertices."""
+    mesh = surface.to_trimesh()
     if len(mesh.faces) == 0:
         raise ExportError(f"{type(geometry).__name__} has no surface (its isosurface is empty): nothing to export")
     mesh.merge_vertices()

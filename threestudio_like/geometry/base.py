@@ -7,10 +7,13 @@ them as a splat file too.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from threestudio_like.geometry.mesh import Mesh
 
 
 @dataclass
@@ -31,6 +34,9 @@ class Geometry(nn.Module):
     """A trainable 3D representation inside a sphere of radius ``radius`` around the origin."""
 
     radius: float = 1.0
+    # rows of ``network``'s output that are albedo logits, for geometries whose colour field is a hash
+    # grid + MLP that a refinement stage can copy (``None``: no such field, its colour is fitted instead)
+    albedo_rows: Optional[slice] = None
 
     def density(self, points: Tensor) -> Tensor:
         """points [N,3] (world) → volume density σ [N] ≥ 0."""
@@ -53,6 +59,19 @@ class Geometry(nn.Module):
 
     def after_backward(self, render_out: dict[str, Tensor], step: int, optimizer: torch.optim.Optimizer) -> None:
         """Called after the backward pass, before the optimizer step (learning-rate schedules…)."""
+
+    def isosurface(self) -> Optional["Mesh"]:
+        """The geometry's own triangle mesh (world frame) when it is one (DMTet): export writes it and
+        the mesh rasterizer renders it. None for a field whose surface is a level set of ``density``
+        (export finds it by marching cubes)."""
+        return None
+
+    @classmethod
+    def create_from(cls, other: "Geometry", cfg: Any, copy_net: bool = True) -> "Geometry":
+        """A geometry of this kind initialised from a finished stage's geometry (refinement stages,
+        ``system.geometry_convert_from``). Kinds that cannot be made from another say so."""
+        raise ValueError(f"{cls.__name__} cannot be created from another run's geometry; use e.g. "
+                         f"system.geometry_type=tetrahedra-sdf-grid with system.geometry_convert_from")
 
     def splats(self) -> Optional[Splats]:
         """The geometry's Gaussians, for a geometry made of them; None for fields (NeRF, SDF)."""

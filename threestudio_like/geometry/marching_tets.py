@@ -176,3 +176,13 @@ def piecewise_linear(values: Tensor, points: Tensor, resolution: int, origin: Te
     ids = (corners[..., 0] * n + corners[..., 1]) * n + corners[..., 2]
     result = (values[ids] * bary).sum(-1)
     return torch.where(in_box, result, torch.full_like(result, outside))
+
+
+def distance_in_cells(level: Tensor, resolution: int, cell: float, limit: float) -> Tensor:
+    """level [(R+1)³] (positive inside) → level / (|∇level|·cell) [(R+1)³], ±limit where flat."""
+    n = resolution + 1
+    grads = torch.gradient(level.view(n, n, n), spacing=cell)
+    per_cell = torch.stack(grads, dim=-1).norm(dim=-1).reshape(-1) * cell
+    flat = per_cell < 1e-8
+    estimate = level / per_cell.clamp_min(1e-8)
+    return torch.where(flat, torch.sign(level) * limit, estimate)

@@ -80,6 +80,7 @@ def make_mlp(n_input: int, n_output: int, neurons: int, hidden_layers: int) -> n
 @register("geometry", "implicit-volume")
 class ImplicitVolume(Geometry):
     Config = ImplicitVolumeConfig
+    albedo_rows = slice(1, 4)  # the network's outputs: raw density, then 3 albedo logits
 
     def __init__(self, cfg: ImplicitVolumeConfig) -> None:
         super().__init__()

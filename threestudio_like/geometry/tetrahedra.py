@@ -95,6 +95,7 @@ class TetrahedraSDFGridConfig:
 @register("geometry", "tetrahedra-sdf-grid")
 class TetrahedraSDFGrid(Geometry):
     Config = TetrahedraSDFGridConfig
+    albedo_rows = slice(0, 3)  # the colour network outputs albedo logits only
 
     def __init__(self, cfg: TetrahedraSDFGridConfig) -> None:
         super().__init__()

@@ -26,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.export.isosurface import resolve_threshold
+from threestudio_like.geometry import tetrahedra_level
 from threestudio_like.geometry.base import Geometry
+from threestudio_like.geometry.marching_tets import distance_in_cells
 
 if TYPE_CHECKING:
     from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
@@ -59,16 +61,6 @@ def fit_lattice_box(grid: "TetrahedraSDFGrid", inside: Tensor) -> None:
     lo, hi = points.min(0).values - grid.cell, points.max(0).values + grid.cell
     half = float((hi - lo).max()) * (0.5 + grid.cfg.grid_margin)
     grid.set_lattice_box((lo + hi) / 2, min(half, float(grid.grid_half)))
-
-
-def distance_in_cells(level: Tensor, resolution: int, cell: float, limit: float) -> Tensor:
-    """level [(R+1)³] (positive inside) → level / (|∇level|·cell) [(R+1)³], ±limit where flat."""
-    n = resolution + 1
-    grads = torch.gradient(level.view(n, n, n), spacing=cell)
-    per_cell = torch.stack(grads, dim=-1).norm(dim=-1).reshape(-1) * cell
-    flat = per_cell < 1e-8
-    estimate = level / per_cell.clamp_min(1e-8)
-    return torch.where(flat, torch.sign(level) * limit, estimate)
 
 
 def surface_samples(grid: "TetrahedraSDFGrid", count: int, generator: torch.Generator) -> Tensor:
@@ -108,21 +100,9 @@ def fit_color(grid: "TetrahedraSDFGrid", other: Geometry, seed: int = 0) -> floa
     return final
 
 
-def albedo_rows(source: nn.Module) -> Optional[slice]:
-    """Which output rows of ``source.network`` are albedo logits, or None for a foreign geometry."""
-    from threestudio_like.geometry.nerf import ImplicitVolume
-    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
-
-    if isinstance(source, ImplicitVolume):
-        return slice(1, 4)  # the NeRF's network: raw density, then 3 albedo logits
-    if isinstance(source, TetrahedraSDFGrid):
-        return slice(0, 3)
-    return None
-
-
 def copy_color_field(grid: "TetrahedraSDFGrid", source: nn.Module) -> bool:
     """Copy source's hash grid + MLP into grid when they have the same shape; True when copied."""
-    rows = albedo_rows(source)
+    rows = source.albedo_rows if isinstance(source, Geometry) else None
     if rows is None:
         return False
     mine = [m for m in grid.network if isinstance(m, nn.Linear)]
@@ -147,17 +127,13 @@ def copy_color_field(grid: "TetrahedraSDFGrid", source: nn.Module) -> bool:
 
 def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool = True) -> None:
     """Set grid's sdf (and box, and colour when copy_net) from a stage-1 geometry (module docstring)."""
-    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
-
-    if isinstance(other, TetrahedraSDFGrid) and other.resolution == grid.resolution:
+    if isinstance(other, type(grid)) and other.resolution == grid.resolution:
         with torch.no_grad():  # a grid of the same lattice: take it as it is, deformation included
             grid.set_lattice_box(other.grid_center, float(other.grid_half))
             grid.sdf.copy_(other.sdf)
             if grid.deformation is not None and other.deformation is not None:
                 grid.deformation.copy_(other.deformation)
     else:
-        from threestudio_like.geometry import tetrahedra_level
-
         density = lattice_density(grid, other)
         level = resolve_threshold(density.cpu().numpy(), "auto", other)
         by_silhouette = grid.cfg.level_from_silhouettes and tetrahedra_level.self_rendered(other)

@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from threestudio_like.geometry import tetrahedra_init as init
+from threestudio_like.geometry.marching_tets import distance_in_cells
 
 if TYPE_CHECKING:
     from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
 
 log = logging.getLogger(__name__)
 
-# geometries that render themselves, and the renderer that shows them as the user saw them
-SELF_RENDERED = {"gaussian-splatting": "gaussian-rasterizer"}
+# the renderer that shows a splat geometry as the user saw it
+SPLAT_RENDERER = "gaussian-rasterizer"
 N_CANDIDATES = 8
 SIZE = 64
 
@@ -44,7 +44,7 @@ def own_masks(other, cameras) -> Tensor:
     from threestudio_like.registry import lookup
     from threestudio_like.renderers.background import SolidColorBackground, SolidColorConfig
 
-    renderer_cls = lookup("renderer", SELF_RENDERED[other.registered_name])
+    renderer_cls = lookup("renderer", SPLAT_RENDERER)
     renderer = renderer_cls(renderer_cls.Config())
     with torch.no_grad():
         out = renderer.render(other, PlainAlbedo(PlainAlbedoConfig()), SolidColorBackground(SolidColorConfig()), cameras)
@@ -70,7 +70,8 @@ def mask_iou(a: Tensor, b: Tensor) -> float:
 
 
 def self_rendered(other) -> bool:
-    return getattr(other, "registered_name", None) in SELF_RENDERED
+    """A geometry made of splats (the Gaussians): its own renders show the surface the user saw."""
+    return other.splats() is not None
 
 
 def best_level(grid: "TetrahedraSDFGrid", other, density: Tensor, export_level: float) -> float:
@@ -81,7 +82,7 @@ def best_level(grid: "TetrahedraSDFGrid", other, density: Tensor, export_level: 
     scores = []
     for k in range(N_CANDIDATES):
         level = export_level * 2.0**-k
-        grid.set_sdf_cells(init.distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
+        grid.set_sdf_cells(distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
         scores.append((mask_iou(surface_masks(grid, cameras), target), -k, level))
     iou, _, level = max(scores)
     log.info("conversion level of %s: %.4g (silhouette IoU %.3f against its renders; %.3f at the export level %.4g)",

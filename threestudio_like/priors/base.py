@@ -25,6 +25,13 @@ class DiffusionPrior(nn.Module):
     # a prior of a known world (the embedded prior) offers ``scene(text)``, the quality benchmark's truth
     knows_ground_truth: bool = False
 
+    @classmethod
+    def reference_kind(cls, cfg) -> Optional[str]:
+        """What images this prior's data are ("rgb" or "normal") when the config fixes it (the
+        embedded prior's references), so a stage can be checked against it before any work;
+        None for a prior that scores whatever it is shown (Stable Diffusion)."""
+        return None
+
     def __init__(self, cfg, device: torch.device, sampler=None) -> None:
         super().__init__()
         self.cfg = cfg

@@ -161,6 +161,10 @@ class EmbeddedPrior(DiffusionPrior):
     Config = EmbeddedPriorConfig
     knows_ground_truth = True
 
+    @classmethod
+    def reference_kind(cls, cfg: EmbeddedPriorConfig) -> str:
+        return cfg.reference
+
     def __init__(self, cfg: EmbeddedPriorConfig, device: torch.device | str = "cpu", sampler=None) -> None:
         super().__init__(cfg, device, sampler)
         self.num_train_timesteps = cfg.num_train_timesteps

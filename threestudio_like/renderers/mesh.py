@@ -61,6 +61,9 @@ class MeshRasterizer(Renderer):
         (world, premultiplied by the coverage; always given, it costs one more interpolated channel
         triple) and ``mesh``, the Mesh rendered (for the mesh regularisers)."""
         mesh = geometry.isosurface()
+        if mesh is None:
+            raise ValueError(f"renderer mesh-rasterizer renders mesh geometries (e.g. tetrahedra-sdf-grid); "
+                             f"{type(geometry).__name__} has no mesh: use its own renderer")
         cameras = cameras.to(mesh.v_pos.device)
         B, H, W = len(cameras), cameras.height, cameras.width
         backend, tri = self.cfg.backend, mesh.t_pos_idx

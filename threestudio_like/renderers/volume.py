@@ -169,7 +169,7 @@ class VolumeRenderer(Renderer):
 
     # --- occupancy ------------------------------------------------------------------------
     def _match_geometry(self, geometry: nn.Module) -> None:
-        radius = float(getattr(geometry, "radius", 1.0))
+        radius = float(geometry.radius)
         if radius != self.grid.radius:  # the grid spans the geometry's box; a new radius starts it afresh
             device = self.grid.occs.device
             self.grid = OccupancyGrid(self.cfg.grid_resolution, radius).to(device)

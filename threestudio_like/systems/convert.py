@@ -81,9 +81,6 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     cfg = system.cfg
     source, record = load_source_geometry(path, cfg.geometry_convert_threshold)
     target = lookup("geometry", cfg.geometry_type)
-    if not hasattr(target, "create_from"):
-        raise ValueError(f"system.geometry_type={cfg.geometry_type!r} cannot be created from another run's "
-                         f"geometry (no create_from); use e.g. tetrahedra-sdf-grid with geometry_convert_from")
     geometry = target.create_from(source, cfg.geometry)  # may fit (e.g. a colour field): autograd on
     system.geometry = geometry.to(system.device)
     system.build_optimizers()

@@ -100,7 +100,7 @@ class TextTo3DConfig:
 def check_stage_references(cfg: TextTo3DConfig) -> None:
     """A prior with references of a kind (the embedded prior) must show what the stage renders:
     normal maps in the geometry stage, colours otherwise."""
-    reference = getattr(cfg.prior, "reference", None)
+    reference = lookup("prior", cfg.prior_type).reference_kind(cfg.prior)
     if reference is None:
         return
     wanted = "normal" if cfg.stage == "geometry" else "rgb"
@@ -119,6 +119,7 @@ class TextTo3DSystem(nn.Module):
     """Every part of a run, and one training step."""
 
     Config = TextTo3DConfig
+    converted_from: Optional[dict] = None  # the convert_from.json record of a refinement stage
 
     def __init__(self, cfg: TextTo3DConfig, sampler, device: torch.device) -> None:
         super().__init__()
