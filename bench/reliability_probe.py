@@ -47,7 +47,7 @@ TINY = [
     "trainer.test_at_end=false", "trainer.val_check_interval=1000", f"trainer.checkpoint_interval={INTERVAL}",
     "trainer.log_every_n_steps=1", f"trainer.max_steps={MAX_STEPS}", "use_timestamp=false",
 ]
-# (override, the key the line must name): none of these is in tests/test_reliability_inputs.py
+# (override, the key the line must name): none of these is in tests/systems/test_reliability_inputs.py
 BAD_INPUTS = [
     ("data.batch_size=-2", "data.batch_size"), ("data.eval_height=0", "data.eval_height"),
     ("data.width=[16,0]", "width=[16, 0]"), ("data.resolution_milestones=[50,10]", "resolution_milestones"),

@@ -125,7 +125,7 @@ def test_output_folder_that_cannot_be_created(root, tmp_path, capsys):
 def tiny_checkpoint(tmp_path_factory):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("tiny")
     assert main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={out}", "tag=t",
                  "use_timestamp=false", "trainer.max_steps=2", *TINY]) == 0

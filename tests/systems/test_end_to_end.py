@@ -38,7 +38,7 @@ def test_psnr_after_150_steps_beats_the_initial_render(root):
 def trained_run(tmp_path_factory):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("runs")
     args = ["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={out}",
             "trainer.max_steps=20", "trainer.val_check_interval=10", "trainer.checkpoint_interval=10",

@@ -20,7 +20,7 @@ from threestudio_like.sweep.grid import GridError, JobSpec, expand, resolve_vari
 from threestudio_like.sweep.ledger import STALE_S, Ledger
 from threestudio_like.sweep.task import launches
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # a run that takes seconds: 16² renders, no turntable or mesh export, a small Chamfer
 TINY = ["trainer.max_steps=20", "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
         "trainer.test_at_end=false", "trainer.export_at_end=false", "trainer.progress_bar=false",

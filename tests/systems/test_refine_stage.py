@@ -24,7 +24,7 @@ SMALL = [
 def coarse_run(tmp_path_factory):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("coarse")
     assert main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={out}",
                  "trainer.max_steps=4", *SMALL]) == 0

@@ -235,7 +235,7 @@ def test_asd_with_perp_neg_gets_the_negatives_as_scaledreamer(sd):
 # --- a NaN pixel in a VSD/ESD render ----------------------------------------------------------------
 @pytest.mark.parametrize("cls, cfg", [(VSD, VSDConfig()), (ESD, ESDConfig())])
 def test_a_nan_render_skips_the_step_and_never_reaches_the_render_memory(cls, cfg):
-    from tests.test_guidance_family import B
+    from tests.guidance.test_guidance_family import B
     from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler
     from threestudio_like.priors.embedded import EmbeddedPrior, EmbeddedPriorConfig
 

@@ -61,7 +61,7 @@ def comparable(state):
 def straight(tmp_path_factory):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = tmp_path_factory.mktemp("straight")
     assert main(train_args(root, out, "straight")) == 0
     return root, out / "sds-nerf" / "straight"

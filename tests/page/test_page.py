@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from browser import region_std, visit
-from page_runs import make_run
+from tests.browser import region_std, visit
+from tests.page_runs import make_run
 from threestudio_like.page import write_run_page
 from threestudio_like.page.__main__ import main as page_command
 from threestudio_like.page.assets import model_viewer_script

@@ -12,7 +12,7 @@ import torch
 import trimesh
 from PIL import Image
 
-from page_runs import RED, ball_on_box
+from tests.page_runs import RED, ball_on_box
 from threestudio_like.config import ConfigError, load_config
 from threestudio_like.export import ExportConfig, export_geometry
 from threestudio_like.export.splat_ply import read_splat_ply, transform_splats
