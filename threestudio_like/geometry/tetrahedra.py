@@ -35,6 +35,7 @@ from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.geometry.mesh import Mesh, remove_small_components
 from threestudio_like.geometry.nerf import make_mlp
+from threestudio_like.geometry.tetrahedra_init import initialise_from
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_learning_rates
 
@@ -239,8 +240,6 @@ class TetrahedraSDFGrid(Geometry):
     @classmethod
     def create_from(cls, other: Geometry, cfg: TetrahedraSDFGridConfig, copy_net: bool = True) -> "TetrahedraSDFGrid":
         """A grid whose surface is ``other``'s export isosurface; the colour copied or fitted (see module doc)."""
-        from threestudio_like.geometry.tetrahedra_init import initialise_from
-
         instance = cls(cfg)
         initialise_from(instance, other, copy_net)
         return instance

@@ -19,7 +19,7 @@ points on and near the new surface by a short Adam regression (``color_fit_steps
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -30,8 +30,8 @@ from threestudio_like.geometry import tetrahedra_level
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.marching_tets import distance_in_cells
 
-if TYPE_CHECKING:
-    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+# ``grid`` arguments are TetrahedraSDFGrid instances; the class is not imported here because
+# geometry/tetrahedra.py imports this module (one direction only)
 
 log = logging.getLogger(__name__)
 

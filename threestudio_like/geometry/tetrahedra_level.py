@@ -10,15 +10,13 @@ own opacity renders; ties keep the higher level.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
 from threestudio_like.geometry.marching_tets import distance_in_cells
 
-if TYPE_CHECKING:
-    from threestudio_like.geometry.tetrahedra import TetrahedraSDFGrid
+# ``grid`` arguments are TetrahedraSDFGrid instances; the class is not imported here because
+# geometry/tetrahedra.py imports this module (one direction only)
 
 log = logging.getLogger(__name__)
 
