@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from threestudio_like.config import ConfigError, parse_structured
-from threestudio_like.geometry.hashgrid import PRIMES, HashGrid, HashGridConfig, level_resolutions, per_level_scale_for
+from tests.hashgrid_reference import plain_encoding
+from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig, level_resolutions, per_level_scale_for
 
 
 def small_config(**overrides) -> HashGridConfig:
@@ -13,26 +14,7 @@ def small_config(**overrides) -> HashGridConfig:
     return HashGridConfig(**values)
 
 
-def reference_encoding(grid: HashGrid, x: torch.Tensor) -> torch.Tensor:
-    """The textbook loop: per level, per corner, int64 hashing, trilinear weights."""
-    size = 2**grid.cfg.log2_hashmap_size
-    features = []
-    for level, res in enumerate(grid.resolutions):
-        scaled = x * res
-        lower = torch.minimum(scaled.floor(), torch.tensor(res - 1.0))
-        frac, lower = scaled - lower, lower.long()
-        acc = 0.0
-        for corner in range(8):
-            bits = torch.tensor([(corner >> 2) & 1, (corner >> 1) & 1, corner & 1])
-            c = lower + bits
-            if (res + 1) ** 3 <= size:
-                index = c[:, 0] + c[:, 1] * (res + 1) + c[:, 2] * (res + 1) ** 2
-            else:
-                index = (c[:, 0] * PRIMES[0] ^ c[:, 1] * PRIMES[1] ^ c[:, 2] * PRIMES[2]) % size
-            weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(-1, keepdim=True)
-            acc = acc + weight * grid.table[int(grid.offsets[level]) + index]
-        features.append(acc)
-    return torch.cat(features, dim=-1)
+reference_encoding = plain_encoding  # the per-level, per-corner loop of the paper
 
 
 def level_rows(grid: HashGrid, level: int) -> slice:
