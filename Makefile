@@ -17,7 +17,7 @@ REFINE_CONFIGS ?= configs/refine-geometry.yaml configs/refine-texture.yaml
 
 MODEL_VIEWER := web/node_modules/@google/model-viewer/dist/model-viewer-umd.min.js
 
-.PHONY: install web chromium demo test bench bench-quality clean
+.PHONY: install web chromium blender demo test bench bench-quality clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium) \
 		|| echo "warning: could not install chromium; the browser tests will skip"
 
+# the asset tests open the GLB in Blender too: Debian's blender (its glTF importer needs python3-numpy)
+blender:
+	@(command -v blender >/dev/null 2>&1 && dpkg -s python3-numpy >/dev/null 2>&1) || (apt-get update -q && apt-get install -y -q blender python3-numpy) \
+		|| echo "warning: could not install blender; the Blender import test will skip"
+
 demo: install web
 ifeq ($(REFINE),1)
 	$(PY) -m threestudio_like.chain $(DEMO_CONFIG) $(REFINE_CONFIGS) \
@@ -49,7 +54,7 @@ else
 	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
 endif
 
-test: install web chromium
+test: install web chromium blender
 	$(PY) -m pytest -q tests
 
 bench: install
