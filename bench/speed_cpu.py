@@ -211,12 +211,11 @@ def pair_count(system, cameras) -> int:
 
 
 def live_pairs(meta: dict, opacities, width: int, height: int, max_alpha: float = 0.999) -> dict:
-    from threestudio_like.renderers import gaussian as G
+    from threestudio_like.renderers.gaussian_pairs import live_pairs as pairs_of
 
     order = torch.argsort(meta["depths"].detach(), dim=1)
     visible = (opacities.expand_as(meta["depths"]) * meta["visible"]).detach()
-    e = G._pixel_entries(meta["means2d"].detach(), meta["conics"].detach(), visible, meta["radii"], order, width, height)
-    return G._live_entries(e, max_alpha)
+    return pairs_of(meta["means2d"].detach(), meta["conics"].detach(), visible, meta["radii"], order, width, height, max_alpha)
 
 
 def finish(rows: list[tuple], t_step: float, gemm_flops: float, rates: SimpleNamespace) -> list[tuple]:

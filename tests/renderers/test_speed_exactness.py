@@ -2,6 +2,8 @@
 computation it replaces, on random inputs, outputs and gradients."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -9,6 +11,7 @@ from tests.hashgrid_reference import plain_encoding
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.priors.embedded import exact_x0
 from threestudio_like.renderers import gaussian as G
+from threestudio_like.renderers import gaussian_pairs as GP
 
 
 # --- hash grid: complex index_add_ backward -------------------------------------------------------
@@ -73,29 +76,75 @@ def test_exact_x0_validates_weights():
         exact_x0(torch.randn(1, 6), torch.tensor([0.5]), torch.zeros(1, 4), refs, torch.zeros(6))
 
 
-# --- Gaussian sparse path: pairs past the transmittance cut-off dropped before autograd ----------
-def random_splats(n: int, size: int):
+# --- Gaussian sparse path: row spans, done pixels skipped, dead pairs dropped before autograd -----
+def random_splats(n: int, width: int, height: int):
     torch.manual_seed(n)
-    means2d = torch.rand(2, n, 2) * size
+    means2d = torch.rand(2, n, 2) * torch.tensor([width, height])
     L = torch.randn(2, n, 2, 2) * 0.6 + torch.eye(2) * 2.0
+    L[:, : n // 4] *= torch.tensor([[3.0, 0.3], [0.3, 0.2]])  # a quarter long, thin and tilted
     cov = L @ L.transpose(-1, -2)
     det = cov[..., 0, 0] * cov[..., 1, 1] - cov[..., 0, 1] ** 2
     conics = torch.stack([cov[..., 1, 1] / det, -cov[..., 0, 1] / det, cov[..., 0, 0] / det], -1)
     opacities = torch.rand(2, n) * 0.6 + 0.4  # dense enough that many pixels reach T < 1e-4
+    opacities[:, -5:] = 0.005  # barely above 1/255: tiny spans
     # the box holding every α ≥ 1/255: 3.33 σ along each axis (exp(−3.33²/2) ≈ 1/255)
     radii = torch.ceil(3.33 * torch.stack([cov[..., 0, 0], cov[..., 1, 1]], -1).sqrt()).to(torch.int32)
     return means2d, conics, opacities, torch.rand(2, n, 3), torch.rand(2, n), radii
 
 
+def plain_pairs(means2d, conics, opacities, radii, depths, width, height):
+    """Every pixel of every box, one Gaussian at a time in depth order; a pixel keeps a pair while
+    α ≥ 1/255 and its transmittance after the pair stays above 1e-4. → {pixel: [(gid, α), ...]},
+    the count of pairs with α ≥ 1/255."""
+    C, N = depths.shape
+    per_pixel, log_T, alpha_pairs = {}, {}, 0
+    for cam in range(C):
+        for g in torch.argsort(depths[cam]).tolist():
+            (mx, my), (rx, ry) = means2d[cam, g].tolist(), radii[cam, g].tolist()
+            if rx <= 0:
+                continue
+            for py in range(height):
+                if not abs(py + 0.5 - my) <= ry:
+                    continue
+                px = torch.tensor([x for x in range(width) if abs(x + 0.5 - mx) <= rx], dtype=torch.long)
+                if len(px) == 0:
+                    continue
+                # σ with the renderer's own float32 arithmetic, so pairs at the 1/255 edge agree too
+                sigma = GP.pair_sigma(means2d[cam, g][None], conics[cam, g][None], torch.tensor([py]),
+                                      torch.zeros_like(px), px)
+                alpha = opacities[cam, g] * torch.exp(-sigma.clamp(max=60.0))
+                for x, s, a in zip(px.tolist(), sigma.tolist(), alpha.tolist()):
+                    if s < 0 or a < 1 / 255:
+                        continue
+                    alpha_pairs += 1
+                    pixel = (cam * height + py) * width + x
+                    after = log_T.get(pixel, 0.0) + math.log1p(-min(a, 0.999))
+                    if after > math.log(1e-4):
+                        per_pixel.setdefault(pixel, []).append((cam * N + g, a))
+                    log_T[pixel] = after
+    return per_pixel, alpha_pairs
+
+
+@pytest.mark.parametrize("chunks", [1, 8])
+def test_live_pairs_are_the_plain_enumeration(chunks):
+    width, height = 14, 11
+    means2d, conics, opacities, _, depths, radii = random_splats(200, width, height)
+    with torch.no_grad():  # chunks=1: nothing is skipped, only the row spans cut the candidates
+        fast = GP.live_pairs(means2d, conics, opacities, radii, torch.argsort(depths, 1), width, height, chunks=chunks)
+    plain, alpha_pairs = plain_pairs(means2d, conics, opacities, radii, depths, width, height)
+    assert sum(map(len, plain.values())) < 0.6 * alpha_pairs  # the cut-off drops many pairs here
+    gid = fast["row_gid"].index_select(0, fast["row"])
+    got = {}
+    for pixel, g, py, px in zip(fast["pixel"].tolist(), gid.tolist(), fast["row_py"][fast["row"]].tolist(), fast["px"].tolist()):
+        assert pixel == ((g // 200) * height + py) * width + px
+        got.setdefault(pixel, []).append(g)
+    assert got == {pixel: [g for g, _ in pairs] for pixel, pairs in plain.items()}
+    assert torch.equal(fast["pixel"][fast["first"]], torch.tensor(sorted(plain)))
+
+
 def test_sparse_rasterizer_matches_dense_outputs_and_gradients():
     size = 12
-    inputs = random_splats(120, size)
-    means2d, conics, opacities, features, depths, radii = inputs
-    with torch.no_grad():  # the cut-off must actually drop pairs here
-        order = torch.argsort(depths, dim=1)
-        every = G._pixel_entries(means2d, conics, opacities, radii, order, size, size)
-        live = G._live_entries(every, 0.999)
-    assert len(live["row"]) < 0.8 * len(every["row"])
+    means2d, conics, opacities, features, depths, radii = random_splats(120, size, size)
     probe = torch.randn(2, size, size, 3)
     results = []
     for fn in (G.rasterize_sparse, G.rasterize_dense):
@@ -107,6 +156,7 @@ def test_sparse_rasterizer_matches_dense_outputs_and_gradients():
         grads = torch.autograd.grad((image * probe).sum() + alpha.square().sum(), leaves)
         results.append((image, alpha, grads))
     (img_s, a_s, g_s), (img_d, a_d, g_d) = results
+    assert (a_d > 0.999).float().mean() > 0.3  # many pixels stopped by the cut-off (T ≤ 1e-3)
     torch.testing.assert_close(img_s, img_d, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(a_s, a_d, rtol=1e-5, atol=1e-5)
     for name, gs, gd in zip(("means2d", "conics", "opacities", "features"), g_s, g_d):

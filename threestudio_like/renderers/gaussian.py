@@ -21,11 +21,10 @@ from threestudio_like.config import check_choice
 from threestudio_like.geometry.gaussian_ops import covariance_3d
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
-from threestudio_like.renderers.segments import segment_exclusive_cumsum, segments
+from threestudio_like.renderers.gaussian_pairs import ALPHA_THRESHOLD, TRANSMITTANCE_MIN, live_pairs, pair_sigma
+from threestudio_like.renderers.segments import segment_exclusive_cumsum
 from threestudio_like.utils.checks import check_above, check_at_least, check_between
 
-ALPHA_THRESHOLD = 1.0 / 255.0
-TRANSMITTANCE_MIN = 1e-4
 MAX_EXTEND = 3.33
 
 
@@ -148,66 +147,6 @@ def rasterize_dense(
     return image, (1 - T)[..., None]
 
 
-def _pixel_entries(
-    means2d: Tensor, conics: Tensor, opacities: Tensor, radii: Tensor, order: Tensor, width: int, height: int,
-) -> dict[str, Tensor]:
-    """The (Gaussian, pixel) pairs where α ≥ 1/255, sorted by pixel and, within a pixel, by depth.
-
-    Inputs detached: means2d [C,N,2], conics [C,N,3], opacities [C,N], radii [C,N,2], order [C,N]
-    (depth order per camera). Pairs are built row by row of each Gaussian's box (no integer division):
-    → row_gid [R] (index into C·N), row_py [R]; per pair: row [M], px [M], pixel [M] (index into
-    C·H·W), and first [S] (each pixel's first pair), segment [M] (the pair's pixel run)."""
-    C, N = order.shape
-    arange = lambda n: torch.arange(n, device=order.device)  # noqa: E731
-    flat = (arange(C)[:, None] * N + order).reshape(-1)
-    m, r = means2d.reshape(-1, 2)[flat], radii.reshape(-1, 2)[flat].to(means2d.dtype)
-    # pixels whose centre (i + 0.5) lies within mean ± radius: every α ≥ 1/255 is among them
-    x0 = (m[:, 0] - r[:, 0] - 0.5).ceil().clamp(0, width).long()
-    x1 = (m[:, 0] + r[:, 0] - 0.5).floor().clamp(-1, width - 1).long()
-    y0 = (m[:, 1] - r[:, 1] - 0.5).ceil().clamp(0, height).long()
-    y1 = (m[:, 1] + r[:, 1] - 0.5).floor().clamp(-1, height - 1).long()
-    culled = r[:, 0] <= 0
-    box_w = (x1 - x0 + 1).clamp_min(0).masked_fill(culled, 0)
-    box_h = (y1 - y0 + 1).clamp_min(0).masked_fill(culled, 0)
-    owner = torch.repeat_interleave(arange(len(flat)), box_h)  # rows, in depth order per camera
-    row_gid, row_w = flat[owner], box_w[owner]
-    row_py = y0[owner] + arange(len(owner)) - (torch.cumsum(box_h, 0) - box_h)[owner]
-    row_x0 = x0[owner]
-    row = torch.repeat_interleave(arange(len(owner)), row_w)
-    px = row_x0[row] + arange(len(row)) - (torch.cumsum(row_w, 0) - row_w)[row]
-    sigma = _sigma(means2d.reshape(-1, 2)[row_gid], conics.reshape(-1, 3)[row_gid], row_py, row, px)
-    alpha = opacities.reshape(-1)[row_gid][row] * torch.exp(-sigma.clamp(max=60.0))
-    keep = (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    row, px, alpha = row[keep], px[keep], alpha[keep]
-    pixel = (((row_gid // N) * height + row_py)[row]) * width + px
-    pixel, perm = torch.sort(pixel, stable=True)  # stable: depth order survives inside each pixel
-    return {"row_gid": row_gid, "row_py": row_py, "row": row[perm], "px": px[perm], "pixel": pixel,
-            "alpha": alpha[perm], **segments(pixel)}
-
-
-def _live_entries(e: dict[str, Tensor], max_alpha: float) -> dict[str, Tensor]:
-    """The pairs of ``e`` (from :func:`_pixel_entries`) a pixel still takes: those before the one
-    that would bring its transmittance to 1e-4. Past that a pair's weight and gradient are exactly
-    0, and they come after all live ones in their pixel (T only falls), so dropping them before
-    autograd leaves every live pair's sums as they were."""
-    log_t = torch.log1p(-e["alpha"].clamp(max=max_alpha)).double()
-    live = segment_exclusive_cumsum(log_t, e["first"], e["segment"]) + log_t > math.log(TRANSMITTANCE_MIN)
-    if bool(live.all()):
-        return e
-    kept = {key: e[key][live] for key in ("row", "px", "pixel")}
-    return {"row_gid": e["row_gid"], "row_py": e["row_py"], **kept, **segments(kept["pixel"])}
-
-
-def _sigma(mu: Tensor, conic: Tensor, row_py: Tensor, row: Tensor, px: Tensor) -> Tensor:
-    """½ dᵀΣ⁻¹d [M] at pixel centres: rows carry the Gaussian (mu [R,2], conic [R,3]) and the pixel
-    row row_py [R]; each pair names its row [M] and its pixel column px [M]."""
-    take = lambda values: values.index_select(0, row)  # noqa: E731 (several times faster than [row] on a CPU, forward and backward)
-    dy = row_py.to(mu.dtype) + 0.5 - mu[:, 1]
-    linear, constant = conic[:, 1] * dy, 0.5 * conic[:, 2] * dy * dy
-    dx = px.to(mu.dtype) + 0.5 - take(mu[:, 0])
-    return take(0.5 * conic[:, 0]) * dx * dx + take(linear) * dx + take(constant)
-
-
 def rasterize_sparse(
     means2d: Tensor, conics: Tensor, opacities: Tensor, features: Tensor, depths: Tensor, radii: Tensor,
     width: int, height: int, max_alpha: float = 0.999,
@@ -221,11 +160,10 @@ def rasterize_sparse(
     C, N, D = features.shape
     with torch.no_grad():
         order = torch.argsort(depths.detach(), dim=1)
-        e = _pixel_entries(means2d.detach(), conics.detach(), opacities.detach(), radii, order, width, height)
-        e = _live_entries(e, max_alpha)
+        e = live_pairs(means2d.detach(), conics.detach(), opacities.detach(), radii, order, width, height, max_alpha)
     row_gid, row = e["row_gid"], e["row"]
     pair_gid = row_gid.index_select(0, row)
-    sigma = _sigma(means2d.reshape(-1, 2).index_select(0, row_gid), conics.reshape(-1, 3).index_select(0, row_gid),
+    sigma = pair_sigma(means2d.reshape(-1, 2).index_select(0, row_gid), conics.reshape(-1, 3).index_select(0, row_gid),
                    e["row_py"], row, e["px"])
     # sigma is capped before exp (α is cut at 1/255 anyway): subnormal floats are very slow on CPUs.
     # Every pair left has σ ≥ 0 and α ≥ 1/255 (the same arithmetic chose them): no mask needed.
