@@ -73,13 +73,15 @@ class EmbeddingCache:
     """On-disk cache of text embeddings keyed by model and prompt (safetensors files).
 
     ``get(model_id, text, compute)`` returns the cached tensor, or calls ``compute(text)``, stores
-    the result atomically and returns it. ``hits``/``misses`` count look-ups.
+    the result atomically and returns it. ``hits``/``misses`` count look-ups. With
+    ``keep_in_memory=False`` every look-up reads the file (for large tensors the caller keeps itself).
     """
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, keep_in_memory: bool = True) -> None:
         self.directory = Path(directory)
         self.hits = 0
         self.misses = 0
+        self.keep_in_memory = keep_in_memory
         self._memory: dict[str, Tensor] = {}
 
     def path(self, model_id: str, text: str) -> Path:
@@ -101,5 +103,6 @@ class EmbeddingCache:
             value = compute(text).detach().cpu().contiguous()
             with atomic_path(path) as tmp:
                 save_file({"embedding": value}, str(tmp), metadata={"model": model_id, "text": text})
-        self._memory[str(path)] = value
+        if self.keep_in_memory:
+            self._memory[str(path)] = value
         return value

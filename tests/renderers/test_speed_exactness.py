@@ -209,3 +209,65 @@ def test_packed_weights_match_the_dense_transmittance():
     grid.binaries.copy_(torch.rand(8, 8, 8) < 0.5)
     points = torch.randn(30, 20, 3)
     assert torch.equal(grid.query_axes(*points.unbind(-1)), grid.query(points))
+
+
+# --- mesh regularisers: one edge sort shared, face normals kept per v_pos -------------------------
+def random_mesh(seed: int, n_vertices: int = 40, n_faces: int = 120):
+    """A random triangle soup on few vertices: shared edges, non-manifold ones (k > 2 faces) too."""
+    from threestudio_like.geometry.mesh import Mesh
+
+    g = torch.Generator().manual_seed(seed)
+    faces = torch.stack([torch.randperm(n_vertices, generator=g)[:3] for _ in range(n_faces)])
+    return Mesh(torch.randn(n_vertices, 3, generator=g, dtype=torch.float64, requires_grad=True), faces)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_mesh_topology_matches_unique_and_a_plain_edge_map(seed):
+    mesh = random_mesh(seed)
+    tri = mesh.t_pos_idx.tolist()
+    edge_faces: dict[tuple[int, int], list[int]] = {}
+    for f, (a, b, c) in enumerate(tri):
+        for u, v in ((a, b), (b, c), (c, a)):
+            edge_faces.setdefault((min(u, v), max(u, v)), []).append(f)
+    assert sorted(edge_faces) == [tuple(e) for e in mesh.edges().tolist()]
+    assert any(len(fs) > 2 for fs in edge_faces.values())  # the k-face chain case is exercised
+    # each edge shared by faces f1 < f2 < … (face-major order, as a stable sort gives) pairs them in a chain
+    chains = sorted((fs[i], fs[i + 1]) for fs in edge_faces.values() for i in range(len(fs) - 1))
+    assert chains == sorted(map(tuple, mesh.adjacent_faces().tolist()))
+
+
+def test_face_normals_are_shared_only_for_the_same_positions_and_grad_mode():
+    mesh = random_mesh(2)
+    v = mesh.v_pos
+    plain = torch.cross(v[mesh.t_pos_idx[:, 1]] - v[mesh.t_pos_idx[:, 0]], v[mesh.t_pos_idx[:, 2]] - v[mesh.t_pos_idx[:, 0]], dim=-1)
+    with torch.no_grad():
+        torch.testing.assert_close(mesh.face_areas_normals(), plain, rtol=0, atol=1e-12)
+    shared = mesh.face_areas_normals()  # with autograd, although a no_grad value was cached first
+    assert shared.requires_grad and mesh.face_areas_normals() is shared
+    (grad,) = torch.autograd.grad(shared.square().sum(), v)
+    (plain_grad,) = torch.autograd.grad(plain.square().sum(), v)
+    torch.testing.assert_close(grad, plain_grad, rtol=0, atol=1e-12)
+    mesh.v_pos = v.detach() * 2  # new positions: recomputed
+    torch.testing.assert_close(mesh.face_areas_normals(), 4 * plain.detach(), rtol=0, atol=1e-12)
+
+
+# --- embedded prior: reference pictures from the on-disk cache ------------------------------------
+def test_cached_references_are_the_render_bit_for_bit(tmp_path):
+    from threestudio_like.priors.embedded import EmbeddedPrior, EmbeddedPriorConfig
+
+    text = "a red ball on a blue box"
+    plain = {}
+    for kind in ("normal", "rgb"):
+        prior = EmbeddedPrior(EmbeddedPriorConfig(reference=kind, cache_dir="", null_library=["a mug"]))
+        plain[kind] = prior.references(text, 12, 10)[0]
+    first = EmbeddedPrior(EmbeddedPriorConfig(reference="normal", cache_dir=str(tmp_path), null_library=["a mug"]))
+    assert torch.equal(first.references(text, 12, 10)[0], plain["normal"])
+    assert first.reference_cache.files.misses == 2 and len(list(tmp_path.iterdir())) == 2  # both kinds from one trace
+    for kind in ("rgb", "normal"):  # later runs, either kind: read, not rendered
+        later = EmbeddedPrior(EmbeddedPriorConfig(reference=kind, cache_dir=str(tmp_path), null_library=["a mug"]))
+        assert torch.equal(later.references(text, 12, 10)[0], plain[kind])
+        assert (later.reference_cache.files.hits, later.reference_cache.files.misses) == (1, 0)
+    other = EmbeddedPrior(EmbeddedPriorConfig(reference="rgb", cache_dir=str(tmp_path), null_library=["a mug"]))
+    other.references(text, 10, 12)  # another resolution is another picture
+    other.references("a mug", 12, 10)  # another scene too
+    assert other.reference_cache.files.misses == 4

@@ -2,7 +2,8 @@
 
 Faces are wound counter-clockwise seen from outside, so ``cross(v1 − v0, v2 − v0)`` points out.
 Topology (edges, face adjacency, vertex neighbours) depends on ``t_pos_idx`` only and is computed
-once per mesh; positions may change between calls (a mesh is rebuilt for every new surface anyway).
+once per mesh; positions may change between calls (a mesh is rebuilt for every new surface anyway):
+the face normals are kept only while ``v_pos`` is the same tensor.
 
 The regularisers follow threestudio's names (``lambda_normal_consistency``,
 ``lambda_laplacian_smoothness``):
@@ -52,9 +53,16 @@ class Mesh:
 
     # --- geometry (recomputed: follows v_pos and its autograd) -----------------------------------
     def face_areas_normals(self) -> Tensor:
-        """[F,3] cross(v1 − v0, v2 − v0): outward, length twice the face's area."""
-        v0, v1, v2 = (self.v_pos[self.t_pos_idx[:, i]] for i in range(3))
-        return torch.cross(v1 - v0, v2 - v0, dim=-1)
+        """[F,3] cross(v1 − v0, v2 − v0): outward, length twice the face's area (computed once per
+        v_pos tensor: the rasterizer's vertex normals and the normal-consistency term share it)."""
+        cached, grad = self._topology.get("face_areas_normals"), torch.is_grad_enabled()
+        if cached is not None and cached[0] is self.v_pos and cached[2] == grad:  # no_grad values carry no graph
+            return cached[1]
+        corners = self.v_pos.index_select(0, self.t_pos_idx.reshape(-1)).view(-1, 3, 3)  # index_select: faster on the CPU
+        v0, v1, v2 = corners.unbind(1)
+        value = torch.cross(v1 - v0, v2 - v0, dim=-1)
+        self._topology["face_areas_normals"] = (self.v_pos, value, grad)
+        return value
 
     def face_normals(self) -> Tensor:
         """[F,3] unit outward normals (zero for a degenerate face)."""
@@ -75,11 +83,23 @@ class Mesh:
         pairs = torch.stack([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], dim=1).reshape(-1, 2)
         return torch.stack([pairs.min(-1).values, pairs.max(-1).values], dim=-1)
 
+    def _sorted_edge_keys(self) -> tuple[Tensor, Tensor]:
+        """(the face edges' keys sorted [F·3], the stable order that sorts them [F·3]): one sort that
+        both ``edges`` and ``adjacent_faces`` read."""
+        if "sorted_keys" not in self._topology:
+            keys = _edge_keys(self._face_edges(), max(self.n_vertices, 1))
+            order = torch.argsort(keys, stable=True)
+            self._topology["sorted_keys"] = (keys[order], order)
+        return self._topology["sorted_keys"]
+
     def edges(self) -> Tensor:
         """[E,2] long: the unique undirected edges, smaller index first, sorted."""
         if "edges" not in self._topology:
             n = max(self.n_vertices, 1)
-            keys = torch.unique(_edge_keys(self._face_edges(), n))  # far faster than unique(dim=0)
+            sorted_keys, _ = self._sorted_edge_keys()
+            first = torch.ones_like(sorted_keys, dtype=torch.bool)
+            first[1:] = sorted_keys[1:] != sorted_keys[:-1]
+            keys = sorted_keys[first]  # = torch.unique of the keys, without a second sort
             self._topology["edges"] = torch.stack([keys // n, keys % n], dim=-1)
         return self._topology["edges"]
 
@@ -89,9 +109,8 @@ class Mesh:
         A manifold edge gives one pair; an edge shared by k > 2 faces gives k − 1 pairs (a chain).
         """
         if "adjacent_faces" not in self._topology:
-            keys = _edge_keys(self._face_edges(), max(self.n_vertices, 1))
-            order = torch.argsort(keys, stable=True)
-            same = keys[order][1:] == keys[order][:-1]
+            sorted_keys, order = self._sorted_edge_keys()
+            same = sorted_keys[1:] == sorted_keys[:-1]
             face_of = order // 3
             self._topology["adjacent_faces"] = torch.stack([face_of[:-1][same], face_of[1:][same]], dim=-1)
         return self._topology["adjacent_faces"]

@@ -40,12 +40,11 @@ from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras, RandomCameraConfig, make_cameras, wrap_degrees
 from threestudio_like.diffusion import alpha_bar_at, ddpm_alphas_cumprod, eps_from_x0
 from threestudio_like.priors.base import DiffusionPrior
-from threestudio_like.priors.scenes import BACKGROUND, Scene, parse_prompt
+from threestudio_like.priors.reference_cache import REFERENCE_KINDS, ReferenceCache, reference_image  # noqa: F401
+from threestudio_like.priors.scenes import Scene, parse_prompt
 from threestudio_like.registry import register
-from threestudio_like.utils.images import normal_image
 
 CAMERA_MODES = ("none", "view-prompt", "camera")
-REFERENCE_KINDS = ("rgb", "normal")
 DEFAULT_LIBRARY = (
     "a red ball", "a blue cube", "a green cylinder next to a yellow cone", "an orange torus",
     "a purple pyramid on a white box", "a house", "a mug",
@@ -70,6 +69,8 @@ class EmbeddedPriorConfig:
     # what the references show: rgb (shaded colours) or normal ((n + 1)/2 world normals on white, what
     # a geometry refinement stage shows the guidance)
     reference: str = "rgb"
+    # where rendered references are kept between runs (priors/reference_cache.py); "" renders them every run
+    cache_dir: str = ".cache/embedded_references"
 
     def __post_init__(self) -> None:
         check_choice(self.camera_mode, CAMERA_MODES, "camera_mode")
@@ -179,6 +180,7 @@ class EmbeddedPrior(DiffusionPrior):
         self._renders: dict[tuple[str, int, int], Tensor] = {}  # (scene key, H, W) → [K,3,H,W] in [−1,1]
         self._sets: dict[tuple[str, int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self.text: Optional[str] = None  # the prompt whose scene the model is (set by prepare)
+        self.reference_cache = ReferenceCache(cfg.cache_dir)
 
     # --- scenes and references ------------------------------------------------------------------
     def prepare(self, text: str) -> None:
@@ -224,7 +226,7 @@ class EmbeddedPrior(DiffusionPrior):
         scene = self.scene(text)
         key = (scene.key, height, width)
         if key not in self._renders:
-            rgb = reference_image(scene.render(self.reference_cameras(width, height), supersample=self.cfg.supersample), self.cfg.reference)
+            rgb = self.reference_cache.images(scene, self.reference_cameras(width, height), self.cfg.supersample, self.cfg.reference)
             self._renders[key] = (2.0 * rgb - 1.0).permute(0, 3, 1, 2).contiguous().to(self.device_)
         return self._renders[key]
 
@@ -300,14 +302,6 @@ class EmbeddedPrior(DiffusionPrior):
         if self.cfg.variational == "unet":
             return CameraUNet(channels=3).to(self.device_)
         return RenderMemory(capacity=64, camera_sigma_deg=self.cfg.camera_sigma_deg, alphas_cumprod=self.alphas_cumprod).to(self.device_)
-
-
-def reference_image(render: dict[str, Tensor], kind: str) -> Tensor:
-    """The reference picture [K,H,W,3] in [0,1] of a scene render (``Scene.render``'s dict): its
-    shaded rgb, or its normals as the geometry stage's renders show them (on the white background)."""
-    if kind == "normal":
-        return normal_image(render["normal"], render["mask"], torch.tensor(BACKGROUND, dtype=render["normal"].dtype))
-    return render["rgb"]
 
 
 def reference_angles(elevation_range: List[float], azimuth_step: float, n_elevations: int) -> tuple[Tensor, Tensor]:
