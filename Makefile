@@ -17,7 +17,7 @@ REFINE_CONFIGS ?= configs/refine-geometry.yaml configs/refine-texture.yaml
 
 MODEL_VIEWER := web/node_modules/@google/model-viewer/dist/model-viewer-umd.min.js
 
-.PHONY: install web chromium blender demo test bench bench-quality clean
+.PHONY: install kernels web chromium blender demo test bench bench-quality clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(STAMP): $(PY) setup.py
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the compiled CPU kernels, built once into the torch extensions cache (a no-op once built; without
+# a compiler it says so and everything runs on the torch path)
+kernels: install
+	$(PY) -m threestudio_like.kernels
 
 $(MODEL_VIEWER): web/package.json web/package-lock.json
 	cd web && npm ci --no-audit --no-fund
@@ -46,7 +51,7 @@ blender:
 	@(command -v blender >/dev/null 2>&1 && dpkg -s python3-numpy >/dev/null 2>&1) || (apt-get update -q && apt-get install -y -q blender python3-numpy) \
 		|| echo "warning: could not install blender; the Blender import test will skip"
 
-demo: install web
+demo: install web kernels
 ifeq ($(REFINE),1)
 	$(PY) -m threestudio_like.chain $(DEMO_CONFIG) $(REFINE_CONFIGS) \
 		system.prompt_processor.prompt="$(PROMPT)" system.guidance_type=$(METHOD)
@@ -54,10 +59,10 @@ else
 	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
 endif
 
-test: install web chromium blender
+test: install web chromium blender kernels
 	$(PY) -m pytest -q tests
 
-bench: install
+bench: install kernels
 	$(PY) bench/speed.py
 
 bench-quality: install

@@ -5,7 +5,8 @@ setup(
     version="0.1.0",
     description="Text to 3D by score distillation (SDS, VSD, ASD, ESD, CSM) on NeRFs and 3D Gaussians",
     packages=find_packages(include=["threestudio_like", "threestudio_like.*"]),
-    package_data={"threestudio_like.page": ["*.js"]},  # the run page's splat viewer
+    # the run page's splat viewer; the CPU kernels' C++ sources (compiled on first use)
+    package_data={"threestudio_like.page": ["*.js"], "threestudio_like.kernels": ["csrc/*.cpp"]},
     python_requires=">=3.10",
     install_requires=[
         # any installed torch >= 2.1 is accepted; `make` installs the CPU build 2.13.0 when none is present
@@ -26,6 +27,7 @@ setup(
         "imageio-ffmpeg>=0.4.9",
         "matplotlib>=3.7",
         "fast-simplification>=0.1",
+        "ninja>=1.11",  # builds the CPU kernels (threestudio_like/kernels) with the system's C++ compiler
     ],
     extras_require={
         "gpu": ["nerfacc>=0.5.3", "gsplat>=1.4", "diffrp-nvdiffrast>=0.3.3"],  # nvdiffrast compiles its plugin on first use (nvcc, ninja)

@@ -12,6 +12,10 @@ keep the index arithmetic in int32 where it fits: the low bits of a product only
 bits of its factors, and hashed levels sit at table offsets that are multiples of the table size,
 so a level's offset can be OR-ed into one of the three XOR terms.
 
+On a CPU the encoding runs, by default, as one compiled loop per point (threestudio_like/kernels:
+the same function, to float rounding); ``cpu_kernel: false`` keeps the PyTorch path below, which
+is also what runs when the kernels cannot be built.
+
 The coarse-to-fine "progressive band" (threestudio's ProgressiveBandHashGrid): only the first
 ``start_level + (step − start_step) // update_steps`` levels are active; the features of the others
 are zero (and are not even computed).
@@ -26,6 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.config import check_choice
+from threestudio_like.kernels import kernel_choice, use_kernels
+from threestudio_like.kernels.hash_encoding import HashLayout, hash_encode
 from threestudio_like.utils.checks import check_at_least
 
 PRIMES = (1, 2654435761, 805459861)
@@ -41,8 +47,10 @@ class HashGridConfig:
     start_level: int = 8  # levels active at start_step (progressive band)
     start_step: int = 0
     update_steps: int = 500  # one more level every update_steps
+    cpu_kernel: Any = "auto"  # auto (the compiled CPU kernel when it builds) | true | false (the PyTorch path)
 
     def __post_init__(self) -> None:
+        self.cpu_kernel = kernel_choice(self.cpu_kernel, "cpu_kernel")
         check_choice(self.n_features_per_level, (1, 2, 4, 8), "n_features_per_level")
         if not 1 <= self.n_levels <= 32:
             raise ValueError(f"n_levels={self.n_levels} must lie in [1, 32]")
@@ -133,6 +141,7 @@ class HashGrid(nn.Module):
         self.register_buffer("multipliers", torch.tensor(multipliers, dtype=self.index_dtype), persistent=False)
         self.register_buffer("offsets", torch.tensor(offsets, dtype=self.index_dtype), persistent=False)
         self.table = nn.Parameter(torch.empty(total, cfg.n_features_per_level).uniform_(-1e-4, 1e-4))
+        self.offset_list = offsets
         self.active_levels = min(cfg.start_level, cfg.n_levels)
 
     @property
@@ -181,10 +190,17 @@ class HashGrid(nn.Module):
         idx = idx.view(L, 8, N).transpose(1, 2).reshape(L * N, 8)
         return idx, weights.view(L, 8, N).transpose(1, 2).reshape(L * N, 8)
 
+    def layout(self) -> HashLayout:
+        """The grid as the compiled kernel reads it (the active levels only)."""
+        cfg = self.cfg
+        return HashLayout(self.resolutions[: self.active_levels], self.offset_list, self.n_dense, cfg.log2_hashmap_size, cfg.n_levels)
+
     def forward(self, x: Tensor) -> Tensor:
         """x [N,3] in [0,1]^3 (clamped) → [N, n_levels·F]; inactive levels are zero."""
         N, F, L = x.shape[0], self.cfg.n_features_per_level, self.active_levels
         x = x.clamp(0.0, 1.0)
+        if x.dtype == self.table.dtype and use_kernels(self.cfg.cpu_kernel, x, self.table):
+            return hash_encode(x, self.table, self.layout())
         idx, w = self.corner_indices(x, L)
         feats = _WeightedGather.apply(self.table, idx, w.to(self.table.dtype))  # [L·N, F]
         feats = feats.view(L, N, F).permute(1, 0, 2).reshape(N, L * F)
