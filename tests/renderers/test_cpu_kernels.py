@@ -114,6 +114,135 @@ def test_cpu_kernel_config_key():
     assert HashGridConfig(cpu_kernel="false").cpu_kernel is False
 
 
+# --- volume renderer ------------------------------------------------------------------------------
+def nerf_and_renderer(grid_resolution: int = 16):
+    from threestudio_like.config import parse_structured
+    from threestudio_like.registry import lookup
+
+    geometry_cls, renderer_cls = lookup("geometry", "implicit-volume"), lookup("renderer", "nerf-volume-renderer")
+    encoding = {"n_levels": 4, "log2_hashmap_size": 12, "base_resolution": 8, "per_level_scale": 2.0, "start_level": 4}
+    geometry = geometry_cls(parse_structured(geometry_cls.Config, {"pos_encoding": encoding}, "system.geometry"))
+    with torch.no_grad():  # a lumpy field: rays that saturate, rays that stay thin
+        geometry.encoding.table.normal_(0.0, 1.0)
+    renderer = renderer_cls(parse_structured(renderer_cls.Config, {"num_samples_per_ray": 48, "grid_resolution": grid_resolution},
+                                             "system.renderer"))
+    return geometry, renderer
+
+
+def edge_rays(n_random: int):
+    """Random rays towards the ball, plus rays that miss it, graze it, start inside it and start
+    on its surface → o, d [R,3]."""
+    torch.manual_seed(1)
+    o = torch.nn.functional.normalize(torch.randn(n_random, 3), dim=-1) * 2.5
+    d = torch.nn.functional.normalize(-o + 0.5 * torch.randn(n_random, 3), dim=-1)
+    o_edge = torch.tensor([[0.0, 3.0, 0.0], [1.0, 2.0, 0.0], [0.1, -0.2, 0.3], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    d_edge = torch.tensor([[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.6, 0.0, 0.8], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+    return torch.cat([o, o_edge]), torch.cat([d, d_edge])
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("prune", [True, False])
+def test_compiled_marching_keeps_the_same_samples_and_weights(training, prune):
+    geometry, renderer = nerf_and_renderer()
+    renderer.cfg.grid_prune = prune
+    renderer.grid.binaries.copy_(torch.rand(16, 16, 16, generator=torch.Generator().manual_seed(2)) < 0.5)
+    o, d = edge_rays(600)
+    params = list(geometry.parameters())
+    results = []
+    for march in (renderer._march_compiled, renderer._march_torch):
+        torch.manual_seed(3)  # the same jitter draws for both
+        ray, t, points, albedo, w = march(geometry, o, d, training)
+        probe = torch.linspace(-1.0, 1.0, len(w))
+        results.append((ray, t, points, w, torch.autograd.grad((w * probe).sum() + albedo.sum(), params)))
+    (k_ray, k_t, k_points, k_w, k_grads), (t_ray, t_t, t_points, t_w, t_grads) = results
+    assert torch.equal(k_ray, t_ray) and torch.equal(k_t, t_t) and torch.equal(k_points, t_points)
+    counts = torch.bincount(k_ray, minlength=len(o))
+    assert (counts == 0).sum() >= 2 and counts[-5:-3].eq(0).all()  # rays that miss or only graze: no sample
+    assert counts[-3] > 0 and counts[-1] > 0  # from inside the ball
+    torch.testing.assert_close(k_w, t_w, rtol=1e-5, atol=1e-7)
+    for k, t in zip(k_grads, t_grads):
+        torch.testing.assert_close(k, t, rtol=1e-4, atol=1e-5 * float(t.abs().max()))
+
+
+def plain_composite(sigma, delta, t, color, ray, n_rays):
+    """The textbook transcription: per ray, T_i = Π_{j<i} (1 − α_j), w_i = T_i α_i, and the sums of
+    w·c, w, w·t; one Python loop over rays."""
+    rgb, opacity, depth = torch.zeros(n_rays, 3, dtype=sigma.dtype), torch.zeros(n_rays, 1, dtype=sigma.dtype), torch.zeros(n_rays, 1, dtype=sigma.dtype)
+    weights = []
+    for r in range(n_rays):
+        idx = torch.nonzero(ray == r)[:, 0]
+        alpha = 1.0 - torch.exp(-sigma[idx] * delta[idx])
+        trans = torch.cumprod(torch.cat([alpha.new_ones(1), 1.0 - alpha[:-1]]), 0)
+        w = trans * alpha
+        weights.append(w)
+        rgb = rgb.index_put((torch.tensor([r]),), (w[:, None] * color[idx]).sum(0, keepdim=True))
+        opacity = opacity.index_put((torch.tensor([r]),), w.sum().reshape(1, 1))
+        depth = depth.index_put((torch.tensor([r]),), (w * t[idx]).sum().reshape(1, 1))
+    return torch.cat(weights), rgb, opacity, depth
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_weights_and_compositing_match_the_textbook_sums(dtype):
+    from threestudio_like.kernels.volume import composite_rays, packed_weights
+
+    torch.manual_seed(4)
+    n_rays = 12
+    counts = torch.tensor([0, 1, 5, 0, 30, 7, 2, 0, 25, 3, 9, 0])  # empty rays among them, the last too
+    ray = torch.repeat_interleave(torch.arange(n_rays), counts)
+    delta = torch.rand(len(ray), dtype=dtype) * 0.1
+    sigma = torch.rand(len(ray), dtype=dtype) * 20.0
+    sigma[ray == 4] = 1e4  # a fully opaque ray: T ≤ e^{−100} after its first sample
+    delta[ray == 4] += 0.01
+    t = torch.cumsum(delta, 0)
+    color = torch.rand(len(ray), 3, dtype=dtype)
+    g_w, g_rgb, g_op, g_depth = (torch.randn(len(ray), dtype=dtype), torch.randn(n_rays, 3, dtype=dtype),
+                                 torch.randn(n_rays, 1, dtype=dtype), torch.randn(n_rays, 1, dtype=dtype))
+
+    def run(fn):
+        leaves = (sigma.clone().requires_grad_(True), color.clone().requires_grad_(True))
+        outs = fn(*leaves)
+        loss = sum((o * g).sum() for o, g in zip(outs, (g_w, g_rgb, g_op, g_depth)))
+        return outs, torch.autograd.grad(loss, leaves)
+
+    def compiled(s, c):
+        w = packed_weights(s, delta, ray)
+        return (w, *composite_rays(ray, w, t, c, n_rays))
+
+    (k_outs, k_grads), (p_outs, p_grads) = run(compiled), run(lambda s, c: plain_composite(s, delta, t, c, ray, n_rays))
+    tol = dict(rtol=2e-5, atol=2e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
+    for name, k, p in zip(("w", "rgb", "opacity", "depth", "∂σ", "∂color"), (*k_outs, *k_grads), (*p_outs, *p_grads)):
+        torch.testing.assert_close(k, p, **tol, msg=name)
+    assert k_outs[2][4, 0] == 1.0 and k_outs[0][ray == 4][1:].max() < 1e-40  # opaque: all weight on the first sample
+    assert (k_outs[2][counts == 0] == 0).all()
+
+
+def test_compiled_render_matches_the_torch_render_with_a_batch_and_normals():
+    from threestudio_like.data.cameras import make_cameras
+    from threestudio_like.materials.point_light import PointLightConfig, PointLightMaterial
+    from threestudio_like.renderers.background import SolidColorBackground, SolidColorConfig
+
+    geometry, renderer = nerf_and_renderer()
+    renderer.update_step(0, 100, geometry)  # a real occupancy grid from the field
+    n = 3
+    cameras = make_cameras(torch.full((n,), 15.0), torch.linspace(0, 240, n), torch.full((n,), 2.0), torch.full((n,), 50.0), 12, 12)
+    material, background = PointLightMaterial(PointLightConfig(ambient_only_steps=0)), SolidColorBackground(SolidColorConfig())
+    params = list(geometry.parameters())
+
+    def run():
+        torch.manual_seed(5)
+        out = renderer.render(geometry, material, background, cameras, shading="diffuse", training=True, with_normal=True)
+        loss = sum((value * torch.linspace(-1.0, 1.0, value.numel()).view_as(value)).sum() for value in out.values())
+        return out, torch.autograd.grad(loss, params)
+
+    (k_out, k_grads), (t_out, t_grads) = both_paths(renderer, run)
+    assert set(k_out) == {"rgb", "opacity", "depth", "normal", "orient"}
+    assert k_out["opacity"].max() > 0.9 and k_out["opacity"].min() < 0.1  # saturated and empty pixels
+    for key in k_out:
+        torch.testing.assert_close(k_out[key], t_out[key], rtol=1e-5, atol=1e-6, msg=key)
+    for k, t in zip(k_grads, t_grads):
+        torch.testing.assert_close(k, t, rtol=1e-4, atol=1e-5 * float(t.abs().max()))
+
+
 def test_a_failed_build_warns_once_and_renders_on_the_torch_path(tmp_path):
     """No working compiler (CXX=false) and an empty cache: one warning, then the torch path's numbers."""
     import os

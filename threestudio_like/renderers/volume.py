@@ -11,6 +11,10 @@ is evaluated only on the rest, which stay packed (sorted by ray) for the transmi
 α_i = 1 − exp(−σ_i δ_i), T_i = Π_{j<i} (1 − α_j) (computed as exp of an exclusive cumulative sum
 over the ray's kept samples, a dropped one adding σδ = 0), w_i = T_i α_i. The pixel is Σ w_i c_i + (1 − Σ w_i)·background.
 
+On a CPU the torch path's marching, weights and compositing run, by default, as compiled loops
+(threestudio_like/kernels: the same samples, and weights to float rounding); ``cpu_kernel: false``
+keeps the PyTorch code, which also runs where the kernels cannot be built.
+
 CUDA path (nerfacc): ``OccGridEstimator.sampling`` marches the same step through the same
 occupancy bits, ``render_weight_from_density`` gives the weights, and the compositing is shared.
 
@@ -28,7 +32,9 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from threestudio_like import kernels
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.kernels import volume as fused
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.occupancy import OccupancyGrid
@@ -51,8 +57,10 @@ class VolumeRendererConfig:
     grid_warmup_steps: int = 256  # refresh every cell (not a sample of them) before this step
     normal_min_weight: float = 1e-4  # finite-difference normals (6 density passes) only where w exceeds this
     use_nerfacc: Any = "auto"  # auto (nerfacc when on CUDA and importable) | true | false
+    cpu_kernel: Any = "auto"  # auto (the compiled CPU loops when they build) | true | false (the PyTorch path)
 
     def __post_init__(self) -> None:
+        self.cpu_kernel = kernels.kernel_choice(self.cpu_kernel, "cpu_kernel")
         key = self.use_nerfacc.lower() if isinstance(self.use_nerfacc, str) else self.use_nerfacc
         if key not in _NERFACC_CHOICES:
             raise ValueError(f"use_nerfacc={self.use_nerfacc!r} is not accepted; use one of auto, true, false")
@@ -113,21 +121,26 @@ def query_geometry(geometry: nn.Module, points: Tensor) -> tuple[Tensor, Tensor]
     return geometry.density(points), geometry.color(points)
 
 
-def composite(ray: Tensor, w: Tensor, t: Tensor, color: Tensor, normal: Optional[Tensor], dirs: Tensor, n_rays: int) -> dict[str, Tensor]:
+def composite(ray: Tensor, w: Tensor, t: Tensor, color: Tensor, normal: Optional[Tensor], dirs: Tensor, n_rays: int,
+              compiled: bool = False) -> dict[str, Tensor]:
     """Sum per-sample values into their rays.
 
-    ray [M] (long), w [M], t [M], color [M,3], normal [M,3] or None, dirs [R,3] → rgb [R,3]
-    (no background yet), opacity [R,1], depth [R,1], and normal [R,3] and orient [R,1] when normals
-    are given. orient is DreamFusion's Σ stop_grad(w)·max(0, n·d)²: zero for normals facing the camera.
+    ray [M] (long), w [M], t [M], color [M,3], normal [M,3] or None,
+    dirs [R,3] → rgb [R,3] (no background yet), opacity [R,1], depth [R,1], and normal [R,3] and
+    orient [R,1] when normals are given. orient is DreamFusion's Σ stop_grad(w)·max(0, n·d)²: zero
+    for normals facing the camera. ``compiled``: rgb, opacity and depth in one compiled loop.
     """
     def accumulate(values: Tensor) -> Tensor:
         return values.new_zeros(n_rays, values.shape[1]).index_add(0, ray, values)
 
-    out = {
-        "rgb": accumulate(w[:, None] * color),
-        "opacity": accumulate(w[:, None]),
-        "depth": accumulate((w * t)[:, None]),
-    }
+    if compiled:
+        out = dict(zip(("rgb", "opacity", "depth"), fused.composite_rays(ray, w, t, color, n_rays)))
+    else:
+        out = {
+            "rgb": accumulate(w[:, None] * color),
+            "opacity": accumulate(w[:, None]),
+            "depth": accumulate((w * t)[:, None]),
+        }
     if normal is not None:
         out["normal"] = accumulate(w[:, None] * normal)
         facing = (normal * dirs[ray]).sum(-1).clamp_min(0.0)
@@ -197,14 +210,15 @@ class VolumeRenderer(Renderer):
         light = cameras.light_position.repeat_interleave(H * W, dim=0)  # [R,3]
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)
         chunk = len(o) if training else self.cfg.eval_chunk_size
-        march = self._march_nerfacc if self.use_nerfacc(o.device) else self._march_torch
+        compiled = kernels.use_kernels(self.cfg.cpu_kernel, o)
+        march = self._march_nerfacc if self.use_nerfacc(o.device) else self._march_compiled if compiled else self._march_torch
         parts, self.last_num_samples = [], 0
         for start in range(0, len(o), chunk):
             part = slice(start, start + chunk)
             ray, t, points, albedo, w = march(geometry, o[part], d[part], training)
             normal = self._normals(geometry, points, w) if need_normal else None
             rgb = material(albedo, normal, points, light[part][ray], shading)
-            parts.append(composite(ray, w, t, rgb, normal, d[part], len(o[part])))
+            parts.append(composite(ray, w, t, rgb, normal, d[part], len(o[part]), compiled))
             self.last_num_samples += len(points)
         out = {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
         bg = background(dirs, training=training).reshape(-1, 3)
@@ -247,6 +261,18 @@ class VolumeRenderer(Renderer):
         ray = torch.div(flat, S, rounding_mode="floor")
         w = packed_weights(sigma, delta.reshape(-1)[flat], segments(ray))
         return ray, t.reshape(-1)[flat], points, albedo, w
+
+    def _march_compiled(self, geometry, o: Tensor, d: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``_march_torch`` as two compiled loops around the geometry query: the same uniform draws
+        (one per candidate, in the same order), the same kept samples, weights to float rounding."""
+        step = self.step_size()
+        S = int(math.ceil(2.0 * self.grid.radius / step))
+        near, far, hit = ray_sphere(o, d, self.grid.radius)
+        jitter = torch.rand(len(o), S, dtype=o.dtype, device=o.device) if training and self.cfg.randomized else None
+        binaries = self.grid.binaries if self.cfg.grid_prune else None
+        ray, t, delta, points = fused.march(o, d, near, far, hit, self.grid.radius, step, S, jitter, binaries)
+        sigma, albedo = query_geometry(geometry, points)
+        return ray, t, points, albedo, fused.packed_weights(sigma, delta, ray)
 
     def _march_nerfacc(self, geometry, o: Tensor, d: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """nerfacc's marching through the same occupancy bits and its weights; same outputs as ``_march_torch``."""
