@@ -111,9 +111,16 @@ def adam_cost(system) -> tuple[float, float]:
     return 12 * n, 7 * 4 * n  # read p, g, m, v; write p, m, v
 
 
-def nerf_row(args, rates: SimpleNamespace) -> tuple[list[tuple], SimpleNamespace]:
-    """(part, ms, MFLOP, MB, floor ms) of the NeRF demo step."""
-    system, step, max_steps = trained_system("configs/sds-nerf.yaml", args.warmup_steps)
+def set_cpu_kernels(system, choice) -> None:
+    """The NeRF system's hash grid and volume renderer on the compiled kernels (True) or the torch path (False)."""
+    system.geometry.encoding.cfg.cpu_kernel = choice
+    system.renderer.cfg.cpu_kernel = choice
+
+
+def nerf_row(args, rates: SimpleNamespace, trained: tuple, compiled: bool) -> tuple[list[tuple], SimpleNamespace]:
+    """(part, ms, MFLOP, MB, floor ms) of the NeRF demo step, on the compiled CPU kernels or the torch path."""
+    system, step, max_steps = trained
+    set_cpu_kernels(system, compiled)
     geometry, renderer = system.geometry, system.renderer
     captured = {}
     forward = geometry.forward
@@ -167,7 +174,8 @@ def nerf_row(args, rates: SimpleNamespace) -> tuple[list[tuple], SimpleNamespace
         ("Adam", t_adam, a_flops, a_bytes),
     ]
     rows.append(("rest", t_step - sum(r[1] for r in rows), 0.0, 0.0))
-    print(f"NeRF demo step: {M} samples of {R}·{S}, {L} levels, {n_refs} references, whole step {t_step:.1f} ms")
+    path = "compiled CPU kernels" if compiled else "torch path"
+    print(f"NeRF demo step ({path}): {M} samples of {R}·{S}, {L} levels, {n_refs} references, whole step {t_step:.1f} ms")
     gemm_flops = mlp_flops + g_flops
     return finish(rows, t_step, gemm_flops, rates), SimpleNamespace(points=unit, M=M)
 
@@ -243,7 +251,8 @@ def hash_peer(args, HashEncoding, points) -> None:
     from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 
     torch.manual_seed(0)
-    print("\n| hash grid fwd+bwd (same table, all levels hashed) | points | ours ms | nerfstudio ms | ours / peer | max abs Δ out | max abs Δ table grad |\n|---|---|---|---|---|---|---|")
+    print("\n| hash grid fwd+bwd (same table, all levels hashed) | points | ours ms (compiled) | ours ms (torch path) | nerfstudio ms | "
+          "ours / peer (compiled, torch) | max abs Δ out | max abs Δ table grad |\n|---|---|---|---|---|---|---|---|")
     # the demo's and threestudio's resolutions; the finest a half above an integer, so that nerfstudio's
     # float32 floor(16·g^l) and ours give the same integer resolution on every level
     for levels, log2, finest in ((8, 12, 127.5), (16, 12, 4096.5)):
@@ -257,15 +266,18 @@ def hash_peer(args, HashEncoding, points) -> None:
             ours.table.copy_(peer.hash_table)
         grad = torch.randn(len(points), levels * 2)
         times = {}
-        for name, module in (("ours", ours), ("peer", peer)):
+        for name, module, kernel in (("torch", ours, False), ("ours", ours, True), ("peer", peer, None)):
+            if kernel is not None:
+                ours.cfg.cpu_kernel = kernel
             module.zero_grad(set_to_none=True)
             times[name] = thread_ms(lambda m=module: m(points).backward(grad), args.repeats)
             module.zero_grad(set_to_none=True)
-            module(points).backward(grad)
+            module(points).backward(grad)  # leaves the compiled path's gradient in ours.table.grad
         d_out = (ours(points) - peer(points)).abs().max().item()
         d_grad = (ours.table.grad - peer.hash_table.grad).abs().max().item()
-        print(f"| {levels} levels ({ours.resolutions[0]}…{ours.resolutions[-1]}), 2^{log2} | {len(points)} | {times['ours']:.1f} | {times['peer']:.1f} | "
-              f"{times['ours'] / times['peer']:.2f} | {d_out:.1e} | {d_grad:.1e} |")
+        print(f"| {levels} levels ({ours.resolutions[0]}…{ours.resolutions[-1]}), 2^{log2} | {len(points)} | {times['ours']:.1f} | "
+              f"{times['torch']:.1f} | {times['peer']:.1f} | {times['ours'] / times['peer']:.2f}, {times['torch'] / times['peer']:.2f} | "
+              f"{d_out:.1e} | {d_grad:.1e} |")
 
 
 def gaussian_scene(n: int, res: int, batch: int = 4, seed: int = 0):
@@ -348,18 +360,25 @@ def main(args) -> None:
     rates = machine_rates(args.repeats)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sgemm {rates.gemm:.1f} GFLOP/s, copy {rates.copy:.1f} GB/s")
-    nerf, captured = nerf_row(args, rates)
-    print_parts("NeRF demo step (configs/sds-nerf.yaml, 32², batch 4, SDS, embedded prior)", nerf)
-    gaussian = gaussian_row(args, rates)
-    print_parts("Gaussian demo step (configs/sds-gs.yaml, 32², batch 4, SDS, embedded prior)", gaussian)
+    trained = trained_system("configs/sds-nerf.yaml", args.warmup_steps)
+    for compiled in (True, False):  # the default path first, then the torch path on the same system
+        nerf, captured = nerf_row(args, rates, trained, compiled)
+        path = "compiled CPU kernels" if compiled else "torch path (cpu_kernel: false)"
+        print_parts(f"NeRF demo step, {path} (configs/sds-nerf.yaml, 32², batch 4, SDS, embedded prior)", nerf)
+    set_cpu_kernels(trained[0], "auto")
+    if not args.nerf_only:
+        gaussian = gaussian_row(args, rates)
+        print_parts("Gaussian demo step (configs/sds-gs.yaml, 32², batch 4, SDS, embedded prior)", gaussian)
     peers_dir = Path(args.peers)
     HashEncoding = peer_code.nerfstudio_hash_encoding(peers_dir)
     if HashEncoding is None:
         print(f"\nnerfstudio not found under {peers_dir} ({peer_code.NERFSTUDIO_FILE}): hash grid comparison skipped")
     else:
         hash_peer(args, HashEncoding, captured.points)
-    ref = peer_code.gsplat_reference(peers_dir, max_alpha=0.999)
-    if ref is None:
+    ref = None if args.nerf_only else peer_code.gsplat_reference(peers_dir, max_alpha=0.999)
+    if args.nerf_only:
+        pass
+    elif ref is None:
         print(f"\ngsplat not found under {peers_dir} ({peer_code.GSPLAT_FILE}): rasterizer comparison skipped")
     else:
         gaussian_peer(args, ref)
