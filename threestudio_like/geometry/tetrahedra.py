@@ -57,6 +57,10 @@ class TetrahedraSDFGridConfig:
     fit_grid_to_surface: bool = True  # create_from: the lattice covers the coarse surface's bounding cube
     level_from_silhouettes: bool = True  # create_from Gaussians: the level their own renders show (see tetrahedra_level.py)
     grid_margin: float = 0.1  # ... enlarged by this fraction of its side on every side
+    # create_from's cleaning of the stage-1 occupancy (geometry/morphology.py; off when both are off):
+    convert_closing_radius: float = 0.0  # world units: joins parts closer than 2×, fills cracks narrower; 0 = off
+    convert_fill_cavities: bool = False  # fill enclosed empty regions
+    convert_supersample: int = 2  # sampling voxels per lattice cell while cleaning
     sdf_clamp: float = 2.0  # |sdf| limit in cells (every crossing edge is at most √3 cells long)
     init_radius: float = 0.5  # a fresh grid holds a sphere of this radius
     geometry_only: bool = False  # the colour field is not trained
@@ -86,6 +90,11 @@ class TetrahedraSDFGridConfig:
                 f"isosurface_outlier_n_faces_threshold={self.isosurface_outlier_n_faces_threshold} and "
                 f"grid_margin={self.grid_margin} must be >= 0"
             )
+        if not 0.0 <= self.convert_closing_radius < self.radius:
+            raise ValueError(f"convert_closing_radius={self.convert_closing_radius} must lie in [0, radius={self.radius}) "
+                             "(world units; 0 = no closing)")
+        if not 1 <= self.convert_supersample <= 4:
+            raise ValueError(f"convert_supersample={self.convert_supersample} must be an integer from 1 to 4")
         if self.mlp_neurons < 1 or self.mlp_hidden_layers < 0 or self.color_fit_steps < 0 or self.color_fit_points < 1:
             raise ValueError(
                 f"mlp_neurons={self.mlp_neurons}, color_fit_points={self.color_fit_points} must be >= 1 and "

@@ -1,15 +1,25 @@
 """Initialising a DMTet grid from a stage-1 geometry (``TetrahedraSDFGrid.create_from``).
 
-Surface: ``other.density()`` is sampled on the lattice and the level is the export's ("auto": the
-geometry's ``isosurface_threshold()``, or half the peak when the field never reaches it), so marching
+Surface: ``other.density()`` is sampled over the lattice box and the level is the export's ("auto":
+the geometry's ``isosurface_threshold()``, or half the peak when the field never reaches it), so marching
 tetrahedra reproduce the surface the coarse export's marching cubes would give. For geometries that
 render themselves (the Gaussians) the level is chosen by their silhouettes instead
-(``level_from_silhouettes``, see :mod:`threestudio_like.geometry.tetrahedra_level`). The density minus
-the level is divided by its own gradient magnitude (central differences on the lattice) to give a
-signed distance in cells — a first-order distance estimate with the same zero set and signs; it keeps
-the crossings where the field is steep (threestudio clamps the raw level to ±1 instead, which pulls
-every crossing toward the edge midpoint on a steep field). With ``fit_grid_to_surface`` the lattice
-first shrinks to the coarse surface's bounding cube plus a margin.
+(``level_from_silhouettes``, see :mod:`threestudio_like.geometry.tetrahedra_level`). With ``fit_grid_to_surface``
+the lattice first shrinks to the chosen surface's bounding cube plus a margin.
+
+The level becomes a signed distance in cells in one of two ways:
+
+- plain (``convert_closing_radius`` 0, ``convert_fill_cavities`` off): the density minus the level over
+  its own gradient magnitude (central differences on the lattice), a first-order distance with the same
+  zero set and signs; it keeps the crossings where the field is steep (threestudio clamps the raw level
+  to ±1 instead, which pulls every crossing toward the edge midpoint on a steep field);
+- cleaned: the density is sampled ``convert_supersample``× finer than the lattice, its occupancy
+  {density > level} is closed by a ball of ``convert_closing_radius`` (world units) and its enclosed
+  cavities filled (:mod:`threestudio_like.geometry.morphology`), and the exact Euclidean signed distance
+  of the result (sub-voxel where the occupancy kept the field's own surface) is read at the lattice
+  vertices. The closing joins parts of a splat model that its renders show touching (the ball that
+  floats a few hundredths above the box at the export level) with a fillet, not a neck, and fills
+  cracks and holes narrower than the ball, without fattening convex outlines.
 
 Colour: copied when ``other`` carries the same kind of colour field (the NeRF's hash grid + MLP with
 the same encoding config, network shape and radius; the NeRF's density output row is dropped);
@@ -26,9 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from threestudio_like.export.isosurface import resolve_threshold
-from threestudio_like.geometry import tetrahedra_level
+from threestudio_like.geometry import marching_tets as mt
+from threestudio_like.geometry import morphology, tetrahedra_level
 from threestudio_like.geometry.base import Geometry
-from threestudio_like.geometry.marching_tets import distance_in_cells
 
 # ``grid`` arguments are TetrahedraSDFGrid instances; the class is not imported here because
 # geometry/tetrahedra.py imports this module (one direction only)
@@ -42,11 +52,49 @@ def query(fn: Callable[[Tensor], Tensor], points: Tensor, chunk: int = 131072) -
         return torch.cat([fn(points[i : i + chunk]) for i in range(0, len(points), chunk)])
 
 
-def lattice_density(grid: "TetrahedraSDFGrid", other: Geometry) -> Tensor:
-    """other's density at every lattice vertex → [(R+1)³] on the grid's device."""
-    points = grid.lattice_points(torch.arange(grid.sdf.shape[0], device=grid.sdf.device))
+def cleaning(cfg) -> bool:
+    """Whether the conversion cleans the occupancy (closing, cavities) and takes its true distance."""
+    return cfg.convert_closing_radius > 0 or cfg.convert_fill_cavities
+
+
+def sampling_resolution(grid: "TetrahedraSDFGrid") -> int:
+    """Cells per axis the density is sampled at: the lattice's, × convert_supersample when cleaning."""
+    return grid.resolution * (grid.cfg.convert_supersample if cleaning(grid.cfg) else 1)
+
+
+def sample_density(grid: "TetrahedraSDFGrid", other: Geometry) -> Tensor:
+    """other's density on the sampling grid over the lattice box → [(S+1)³] on the grid's device
+    (S = sampling_resolution; every lattice vertex is a sample)."""
+    resolution = sampling_resolution(grid)
+    ids = torch.arange((resolution + 1) ** 3, device=grid.sdf.device)
+    points = mt.lattice_points(ids, resolution, grid.origin, grid.cell * grid.resolution / resolution)
     device = _device_of(other, points.device)
     return query(lambda p: other.density(p.to(device)).reshape(-1).float(), points).to(points.device)
+
+
+def clean_occupancy(inside: np.ndarray, cfg, voxel: float) -> np.ndarray:
+    """inside [S+1]³ bool → closed by convert_closing_radius (world → voxels) and cavities filled."""
+    if cfg.convert_closing_radius > 0:
+        inside = morphology.close(inside, cfg.convert_closing_radius / voxel)
+    return morphology.fill_cavities(inside) if cfg.convert_fill_cavities else inside
+
+
+def sdf_in_cells(grid: "TetrahedraSDFGrid", density: Tensor, level: float) -> Tensor:
+    """density [(S+1)³] from :func:`sample_density` and a level → sdf [(R+1)³] in lattice cells.
+
+    Without cleaning, the first-order estimate (density − level) / |∇density|. With it, the level's
+    occupancy is cleaned on the S grid and its signed distance (sub-voxel next to kept surface) is
+    read at the lattice vertices."""
+    cfg, resolution = grid.cfg, sampling_resolution(grid)
+    voxel = grid.cell * grid.resolution / resolution
+    estimate = mt.distance_in_cells(density - level, resolution, voxel, cfg.sdf_clamp * resolution / grid.resolution)
+    if not cleaning(cfg):
+        return estimate
+    n, step = resolution + 1, resolution // grid.resolution
+    inside = clean_occupancy((density > level).view(n, n, n).cpu().numpy(), cfg, voxel)
+    distance = morphology.signed_distance(inside, estimate.view(n, n, n).cpu().numpy())
+    at_vertices = np.ascontiguousarray(distance[::step, ::step, ::step]).reshape(-1) / step
+    return torch.from_numpy(at_vertices).to(density.device)
 
 
 def _device_of(module: nn.Module, default: torch.device) -> torch.device:
@@ -134,7 +182,7 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
             if grid.deformation is not None and other.deformation is not None:
                 grid.deformation.copy_(other.deformation)
     else:
-        density = lattice_density(grid, other)
+        density = sample_density(grid, other)
         level = resolve_threshold(density.cpu().numpy(), "auto", other)
         by_silhouette = grid.cfg.level_from_silhouettes and tetrahedra_level.self_rendered(other)
         if not bool((density > level).any()):
@@ -143,11 +191,11 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
                 f"(max {float(density.max()):.4g}) on the grid over [-{grid.radius:g}, {grid.radius:g}]^3"
             )
         if by_silhouette:  # chosen on this first lattice, then the box fits the chosen surface
-            level = tetrahedra_level.best_level(grid, other, density, level)
+            level = tetrahedra_level.best_level(grid, other, lambda candidate: sdf_in_cells(grid, density, candidate), level)
         if grid.cfg.fit_grid_to_surface:
-            fit_lattice_box(grid, density > level)
-            density = lattice_density(grid, other)
-        grid.set_sdf_cells(distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
+            fit_lattice_box(grid, sdf_in_cells(grid, density, level) > 0)
+            density = sample_density(grid, other)
+        grid.set_sdf_cells(sdf_in_cells(grid, density, level))
         grid.source_level = level
         log.info("tetrahedral grid %d^3 from %s at density %.4g: box centre %s, half side %.3g", grid.resolution,
                  type(other).__name__, level, np.round(grid.grid_center.cpu().numpy(), 3).tolist(), float(grid.grid_half))

@@ -5,15 +5,17 @@ Gaussians' own renders show only where they are dense: a CPU-sized model (a few 
 gives a surface full of holes and in pieces although its renders are solid and touching. So the
 level is chosen by what the model shows: among export level · 2⁻ᵏ (k = 0 … 7), the one whose
 marching-tetrahedra surface has the silhouettes closest (mask IoU, 12 orbit views) to the Gaussians'
-own opacity renders; ties keep the higher level.
+own opacity renders; ties keep the higher level. Each candidate is converted as the conversion is
+configured (with the occupancy cleaning of :mod:`threestudio_like.geometry.tetrahedra_init` when it is
+on), so the choice sees the surface the grid will hold.
 """
 from __future__ import annotations
 
 import logging
+from typing import Callable
+
 import torch
 from torch import Tensor
-
-from threestudio_like.geometry.marching_tets import distance_in_cells
 
 # ``grid`` arguments are TetrahedraSDFGrid instances; the class is not imported here because
 # geometry/tetrahedra.py imports this module (one direction only)
@@ -72,15 +74,16 @@ def self_rendered(other) -> bool:
     return other.splats() is not None
 
 
-def best_level(grid: "TetrahedraSDFGrid", other, density: Tensor, export_level: float) -> float:
+def best_level(grid: "TetrahedraSDFGrid", other, sdf_of_level: Callable[[float], Tensor], export_level: float) -> float:
     """The candidate level (module docstring) whose surface best matches other's silhouettes.
-    density [(R+1)³] is other's density on grid's lattice; grid's sdf is left at the last candidate."""
+    sdf_of_level(level) → grid's sdf [(R+1)³] (cells) at that level (the conversion as configured);
+    grid's sdf is left at the last candidate."""
     cameras = silhouette_cameras(float(other.radius))
     target = own_masks(other, cameras)
     scores = []
     for k in range(N_CANDIDATES):
         level = export_level * 2.0**-k
-        grid.set_sdf_cells(distance_in_cells(density - level, grid.resolution, grid.cell, grid.cfg.sdf_clamp))
+        grid.set_sdf_cells(sdf_of_level(level))
         scores.append((mask_iou(surface_masks(grid, cameras), target), -k, level))
     iou, _, level = max(scores)
     log.info("conversion level of %s: %.4g (silhouette IoU %.3f against its renders; %.3f at the export level %.4g)",
