@@ -25,6 +25,9 @@ ckpts/last.ckpt, metrics.csv, quality.json) plus curve.csv and bench.json, so
 ``<out>/plots/*.png`` hold the results; ``--doc FILE`` also writes the tables into FILE's section
 "## Guidance comparison (embedded prior, ground truth)", between markers, leaving the rest alone.
 The measures live in bench/quality_measures.py, the tables and plots in bench/quality_report.py.
+``--refine`` then refines each guidance run of the first seed with bench/refine.py's stages (geometry,
+texture) and writes the stage-1 vs refined table to ``<out>/refine/`` (with ``--doc``, into the section
+"## Refinement (embedded prior, ground truth)").
 
 The runs execute through the sweep machinery (bench/quality_sweep.py): one sweep job per run
 (``bench/quality.py --run-one ...`` in its own process), recorded in ``<out>/sweep.db``, as Ray
@@ -49,6 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import quality_report as report  # noqa: E402
+from bench import refine  # noqa: E402
 from bench.quality_measures import HeldOut, evaluate, gradient_stats, held_out_views, stability  # noqa: E402
 from bench.quality_sweep import job_spec, run_matrix  # noqa: E402
 from threestudio_like.cli import build, seed_everything  # noqa: E402
@@ -298,6 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)  # the matrix's command line, for the record
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a shared machine)")
+    parser.add_argument("--refine", action="store_true", help="then refine each guidance run of the first seed "
+                        "(bench/refine.py's stages): stage 1 vs refined, in <out>/refine/ (with --doc: its Refinement section)")
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = dict(scenes=["a mug"] if quick else list(DEFAULT_SCENES), methods=["sds", "asd"] if quick else list(METHODS),
@@ -350,7 +356,7 @@ def main(argv=None) -> int:
         if args.backfill:
             shared = Shared()
             rows = [backfill_gradient(Path(row["run_dir"]), shared, args.device) for row in rows]
-        if not rows:
+        if not rows and not args.refine:  # --refine --report-only needs only <out>/refine/refine.csv
             print(f"error: no finished runs (bench.json) under {out}", file=sys.stderr)
             return 2
     else:
@@ -361,9 +367,15 @@ def main(argv=None) -> int:
             return 2
         if not rows:
             return 1
-    paths = report.write_report(rows, out, doc=args.doc)
-    for path in paths:
+    for path in report.write_report(rows, out, doc=args.doc) if rows else []:
         print(f"wrote {path}")
+    if args.refine:  # the refinement row: stage 1 (this matrix's runs of the first seed) vs refined
+        chosen = [r for r in rows if r["method"] != CEILING and r["seed"] == min(args.seeds)]
+        try:
+            print(refine.refine_runs(chosen, out / "refine", quick=args.quick, report_only=args.report_only, doc=args.doc))
+        except FileNotFoundError as error:
+            print(f"error: --refine --report-only: {error.filename} does not exist (run --refine first)", file=sys.stderr)
+            return 2
     return 1 if failed else 0
 
 

@@ -162,17 +162,28 @@ TINY_REFINE = ["data.width=32", "data.height=32", "data.batch_size=2", "system.g
                "system.geometry.color_fit_steps=5", "system.prior.azimuth_step_deg=45", "system.prior.n_elevations=2"]
 
 
-def test_coarse_refine_chain_writes_a_textured_mesh_that_trimesh_reads(coarse_run, tmp_path, capsys):
-    """The chain from a finished coarse NeRF run: geometry stage → texture stage, each a run folder."""
+@pytest.fixture(scope="module")
+def refined_chain(coarse_run, tmp_path_factory):
+    """The chain from the finished coarse NeRF run: geometry stage → texture stage, 3 steps each
+    → (coarse, geometry, texture run folders, the chain's output, its exit code)."""
+    import contextlib
+    import io
+
     from threestudio_like import chain
 
     root, coarse = coarse_run
-    code = chain.main([str(coarse), str(root / "configs/refine-geometry.yaml"), str(root / "configs/refine-texture.yaml"),
-                       f"exp_root_dir={tmp_path}", "trainer.max_steps=3", *SMALL, *TINY_REFINE])
-    out = capsys.readouterr().out
+    out_dir, printed = tmp_path_factory.mktemp("chain"), io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = chain.main([str(coarse), str(root / "configs/refine-geometry.yaml"), str(root / "configs/refine-texture.yaml"),
+                           f"exp_root_dir={out_dir}", "trainer.max_steps=3", *SMALL, *TINY_REFINE])
+    (geometry,) = (out_dir / "refine-geometry").iterdir() if code == 0 else (None,)
+    (texture,) = (out_dir / "refine-texture").iterdir() if code == 0 else (None,)
+    return coarse, geometry, texture, printed.getvalue(), code
+
+
+def test_coarse_refine_chain_writes_a_textured_mesh_that_trimesh_reads(refined_chain):
+    coarse, geometry, texture, out, code = refined_chain
     assert code == 0, out[-2000:]
-    (geometry,) = (tmp_path / "refine-geometry").iterdir()
-    (texture,) = (tmp_path / "refine-texture").iterdir()
     assert json.loads((geometry / "convert_from.json").read_text())["run"] == str(coarse.resolve())
     record = json.loads((texture / "convert_from.json").read_text())
     assert record["run"] == str(geometry.resolve()) and record["stage"] == "geometry" and record["step"] == 3
@@ -186,6 +197,58 @@ def test_coarse_refine_chain_writes_a_textured_mesh_that_trimesh_reads(coarse_ru
         assert np.asarray(mesh.visual.material.baseColorTexture if name == "model.glb" else mesh.visual.material.image).shape[:2] == (64, 64)
     asset = json.loads((texture / "quality.json").read_text())["asset"]
     assert asset["components"] >= 1 and np.isfinite(asset["chamfer"])
+
+
+def test_refine_bench_row_from_the_chain_folders(refined_chain, tmp_path):
+    """bench/refine.py's row, table and doc section (what bench/quality.py --refine writes) from
+    real run folders: each end's numbers are its own quality.json's asset measures."""
+    from bench import quality, refine
+
+    coarse, geometry, texture, _, code = refined_chain
+    assert code == 0
+    row = refine.chain_row("a red ball on a blue box", "nerf", "sds", [coarse, geometry, texture], [50.0, 20.0, 10.0])
+    assert (row["coarse_wall_s"], row["refine_wall_s"]) == (50.0, 30.0) and row["refined_run"] == str(texture)
+    for side, run in (("coarse", coarse), ("refined", texture)):
+        asset = json.loads((run / "quality.json").read_text())["asset"]
+        assert row[f"{side}_chamfer"] == asset["chamfer"] and row[f"{side}_components"] == asset["components"]
+        assert row[f"{side}_normal_error_deg"] == asset["normal_error_deg"] and row[f"{side}_psnr"] == asset["psnr"]
+    assert row["coarse_field_psnr"] == json.loads((coarse / "quality.json").read_text())["asset"]["field_psnr"]
+    met = refine.goals(row)
+    assert met["wall ≤ coarse"] and met["one piece"] == (row["refined_components"] == row["true_components"])
+    out = tmp_path / "bench" / "refine"
+    refine.write_csv(out / "refine.csv", [row], columns=list(row))
+    assert refine.read_rows(out / "refine.csv") == [row]  # numbers come back as numbers
+    doc = tmp_path / "docs" / "BENCHMARKS.md"
+    doc.parent.mkdir()
+    doc.write_text(f"# Benchmarks\n\n{refine.SECTION}\n\nprose kept\n\n## Next\n")
+    # bench/quality.py --refine --report-only: the table and picture from <out>/refine/refine.csv
+    assert quality.main(["--report-only", "--refine", "--out", str(out.parent), "--doc", str(doc)]) == 0
+    table = (out / "refine.md").read_text().strip()
+    text = doc.read_text()
+    assert table in text and "prose kept" in text and text.index(refine.BEGIN) < text.index("## Next")
+    assert f"| {row['coarse_chamfer']:.4f} → {row['refined_chamfer']:.4f} |" in table and "wall ≤ coarse" in table
+    assert (doc.parent / "plots" / "refine.png").stat().st_size > 1000
+    (out / "refine.csv").unlink()
+    assert quality.main(["--report-only", "--refine", "--out", str(out.parent)]) == 2  # one line, no traceback
+
+
+def test_a_matrix_run_without_an_export_gets_one_and_its_asset_measures(coarse_run, tmp_path):
+    """bench/quality.py's runs export nothing: --refine exports and measures them from the checkpoint."""
+    import shutil
+
+    from bench import refine
+
+    _, run = coarse_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("save", "page", "run.lock"))
+    measured = json.loads((run / "quality.json").read_text())
+    stripped = {k: v for k, v in measured.items() if k != "asset"}
+    (copy / "quality.json").write_text(json.dumps(stripped))
+    refine.measure_asset_of(copy)
+    asset = json.loads((copy / "quality.json").read_text())["asset"]
+    assert trimesh.load(next((copy / "save").glob("it*-export")) / "model.glb", force="mesh").faces.shape[0] > 100
+    for key in ("chamfer", "normal_error_deg", "psnr", "iou", "components", "field_psnr"):  # the run's own export, again
+        assert asset[key] == pytest.approx(measured["asset"][key], rel=1e-4), key
 
 
 def test_chain_stage_overrides_and_bad_input(capsys):
