@@ -5,7 +5,9 @@ the geometry's ``isosurface_threshold()``, or half the peak when the field never
 tetrahedra reproduce the surface the coarse export's marching cubes would give. For geometries that
 render themselves (the Gaussians) the level is chosen by their silhouettes instead
 (``level_from_silhouettes``, see :mod:`threestudio_like.geometry.tetrahedra_level`). With ``fit_grid_to_surface``
-the lattice first shrinks to the chosen surface's bounding cube plus a margin.
+the lattice first shrinks to the bounding cube of the surface at that level (for the silhouette
+choice: at the lowest candidate, which holds every other) plus a margin, sampled on the lattice
+itself; only then is the density sampled at the conversion's resolution.
 
 The level becomes a signed distance in cells in one of two ways:
 
@@ -62,10 +64,10 @@ def sampling_resolution(grid: "TetrahedraSDFGrid") -> int:
     return grid.resolution * (grid.cfg.convert_supersample if cleaning(grid.cfg) else 1)
 
 
-def sample_density(grid: "TetrahedraSDFGrid", other: Geometry) -> Tensor:
-    """other's density on the sampling grid over the lattice box → [(S+1)³] on the grid's device
-    (S = sampling_resolution; every lattice vertex is a sample)."""
-    resolution = sampling_resolution(grid)
+def sample_density(grid: "TetrahedraSDFGrid", other: Geometry, resolution: Optional[int] = None) -> Tensor:
+    """other's density on a grid of ``resolution`` cells (default sampling_resolution, S) over the
+    lattice box → [(S+1)³] on the grid's device (every lattice vertex is a sample)."""
+    resolution = resolution or sampling_resolution(grid)
     ids = torch.arange((resolution + 1) ** 3, device=grid.sdf.device)
     points = mt.lattice_points(ids, resolution, grid.origin, grid.cell * grid.resolution / resolution)
     device = _device_of(other, points.device)
@@ -182,7 +184,8 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
             if grid.deformation is not None and other.deformation is not None:
                 grid.deformation.copy_(other.deformation)
     else:
-        density = sample_density(grid, other)
+        # the box is fitted on the lattice itself; only the fitted box is sampled finer (what costs)
+        density = sample_density(grid, other, grid.resolution)
         level = resolve_threshold(density.cpu().numpy(), "auto", other)
         by_silhouette = grid.cfg.level_from_silhouettes and tetrahedra_level.self_rendered(other)
         if not bool((density > level).any()):
@@ -190,11 +193,12 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
                 f"the stage-1 geometry has no surface to convert: its density never exceeds {level:.4g} "
                 f"(max {float(density.max()):.4g}) on the grid over [-{grid.radius:g}, {grid.radius:g}]^3"
             )
-        if by_silhouette:  # chosen on this first lattice, then the box fits the chosen surface
-            level = tetrahedra_level.best_level(grid, other, lambda candidate: sdf_in_cells(grid, density, candidate), level)
-        if grid.cfg.fit_grid_to_surface:
-            fit_lattice_box(grid, sdf_in_cells(grid, density, level) > 0)
+        if grid.cfg.fit_grid_to_surface:  # around the lowest level that may be chosen (cleaning stays inside its hull)
+            fit_lattice_box(grid, density > (tetrahedra_level.lowest_candidate(level) if by_silhouette else level))
+        if grid.cfg.fit_grid_to_surface or sampling_resolution(grid) != grid.resolution:
             density = sample_density(grid, other)
+        if by_silhouette:
+            level = tetrahedra_level.best_level(grid, other, lambda candidate: sdf_in_cells(grid, density, candidate), level)
         grid.set_sdf_cells(sdf_in_cells(grid, density, level))
         grid.source_level = level
         log.info("tetrahedral grid %d^3 from %s at density %.4g: box centre %s, half side %.3g", grid.resolution,

@@ -77,6 +77,15 @@ def self_rendered(other) -> bool:
     return other.splats() is not None
 
 
+def candidate_levels(export_level: float) -> list[float]:
+    """The levels tried, highest first: export level · 2⁻ᵏ, k = 0 … N_CANDIDATES − 1."""
+    return [export_level * 2.0**-k for k in range(N_CANDIDATES)]
+
+
+def lowest_candidate(export_level: float) -> float:
+    return candidate_levels(export_level)[-1]
+
+
 def best_level(grid: "TetrahedraSDFGrid", other, sdf_of_level: Callable[[float], Tensor], export_level: float) -> float:
     """The candidate level (module docstring) whose surface best matches other's silhouettes.
     sdf_of_level(level) → grid's sdf [(R+1)³] (cells) at that level (the conversion as configured);
@@ -84,8 +93,7 @@ def best_level(grid: "TetrahedraSDFGrid", other, sdf_of_level: Callable[[float],
     cameras = silhouette_cameras(float(other.radius))
     target = own_masks(other, cameras)
     scores = []
-    for k in range(N_CANDIDATES):
-        level = export_level * 2.0**-k
+    for k, level in enumerate(candidate_levels(export_level)):
         grid.set_sdf_cells(sdf_of_level(level))
         scores.append((mask_iou(surface_masks(grid, cameras), target), k, level))
     best = max(iou for iou, _, _ in scores)
