@@ -91,6 +91,24 @@ def test_convert_threshold_replaces_the_source_level_for_its_type_only(coarse_ru
     assert load_source_geometry(run, {"gaussian-splatting": 0.3})[0].isosurface_threshold() == 5.0
 
 
+def test_convert_options_apply_to_their_source_type_only_and_bad_ones_are_one_line(coarse_run, tmp_path, capsys):
+    from threestudio_like.config import load_config
+    from threestudio_like.systems.convert import with_source_options
+
+    root, run = coarse_run
+    system = load_config(root / "configs/refine-geometry.yaml").system
+    splats = with_source_options(system.geometry, system.geometry_convert_options, "gaussian-splatting")
+    assert splats.convert_closing_radius == 0.06 and splats.convert_fill_cavities  # configs/base/refine.yaml
+    nerf = with_source_options(system.geometry, system.geometry_convert_options, "implicit-volume")
+    assert nerf.convert_closing_radius == 0.0 and not nerf.convert_fill_cavities and nerf == system.geometry
+    for option, says in (("convert_closing_radius=-1", "convert_closing_radius=-1"), ("closing=1", "closing is not an option")):
+        code = main(["--config", str(root / "configs/refine-geometry.yaml"), "--train", f"exp_root_dir={tmp_path / 'out'}",
+                     f"system.geometry_convert_from={run}", f"system.geometry_convert_options.implicit-volume.{option}", *SMALL])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert "system.geometry_convert_options.implicit-volume" in err and says in err
+
+
 def test_stage_and_prior_references_must_agree(coarse_run, tmp_path, capsys):
     root, _ = coarse_run
     code = main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={tmp_path}",

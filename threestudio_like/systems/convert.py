@@ -7,6 +7,7 @@ in ``convert_from.json``. Bad paths are one-line ``ValueError``s (the CLI prints
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -75,13 +76,29 @@ def load_source_geometry(path: str | os.PathLike, thresholds: dict[str, float] |
     return geometry.eval(), record
 
 
+def with_source_options(geometry_cfg: Any, options: dict[str, Any], source_type: str) -> Any:
+    """geometry_cfg with ``options[source_type]`` (system.geometry_convert_options) applied; unknown
+    or bad options are one-line ``ValueError``s naming them."""
+    own = dict(options.get(source_type) or {})
+    where = f"system.geometry_convert_options.{source_type}"
+    known = {f.name for f in dataclasses.fields(geometry_cfg)}
+    unknown = sorted(set(own) - known)
+    if unknown:
+        raise ValueError(f"{where}: {', '.join(unknown)} is not an option of system.geometry (e.g. convert_closing_radius)")
+    try:
+        return dataclasses.replace(geometry_cfg, **own)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{where}: {str(error).splitlines()[0]}") from None
+
+
 def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     """Replace ``system.geometry`` by ``create_from`` of the run at ``path``; rebuilds the optimizers.
     Returns (and keeps as ``system.converted_from``) the record written to convert_from.json."""
     cfg = system.cfg
     source, record = load_source_geometry(path, cfg.geometry_convert_threshold)
     target = lookup("geometry", cfg.geometry_type)
-    geometry = target.create_from(source, cfg.geometry)  # may fit (e.g. a colour field): autograd on
+    geometry_cfg = with_source_options(cfg.geometry, cfg.geometry_convert_options, record["geometry_type"])
+    geometry = target.create_from(source, geometry_cfg)  # may fit (e.g. a colour field): autograd on
     system.geometry = geometry.to(system.device)
     system.build_optimizers()
     record["into"] = cfg.geometry_type

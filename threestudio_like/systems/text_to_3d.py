@@ -86,6 +86,9 @@ class TextTo3DConfig:
     # per source geometry type, the density level create_from takes the surface at instead of the
     # source's own export level (e.g. {gaussian-splatting: 0.3}: a solid surface under the splats)
     geometry_convert_threshold: Dict[str, float] = field(default_factory=dict)
+    # per source geometry type, options of system.geometry that apply only when converting from it
+    # (e.g. {gaussian-splatting: {convert_closing_radius: 0.06}}: clean a splat model's level set only)
+    geometry_convert_options: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_choice(self.stage, STAGES, "stage")
