@@ -12,6 +12,8 @@ from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.priors.embedded import exact_x0
 from threestudio_like.renderers import gaussian as G
 from threestudio_like.renderers import gaussian_pairs as GP
+from threestudio_like.renderers.gaussian_composite import CompositePairs
+from threestudio_like.renderers.segments import segments
 
 
 # --- hash grid: complex index_add_ backward -------------------------------------------------------
@@ -140,6 +142,29 @@ def test_live_pairs_are_the_plain_enumeration(chunks):
         got.setdefault(pixel, []).append(g)
     assert got == {pixel: [g for g, _ in pairs] for pixel, pairs in plain.items()}
     assert torch.equal(fast["pixel"][fast["first"]], torch.tensor(sorted(plain)))
+    if chunks > 1:  # done pixels were skipped: fewer candidates than one pass makes
+        every = GP.candidate_pairs(means2d, conics, opacities, radii, torch.argsort(depths, 1), width, height, chunks=1)
+        some = GP.candidate_pairs(means2d, conics, opacities, radii, torch.argsort(depths, 1), width, height, chunks=chunks)
+        assert len(some["row"]) < 0.9 * len(every["row"])
+
+
+def test_composite_backward_is_the_derivative_of_its_forward():
+    """The hand-written backward against autograd's numerical derivative (float64), and the forward
+    against a per-pixel product written out: T_j = Π_{k<j} (1 − α_k), colour Σ α_j T_j f_j."""
+    torch.manual_seed(5)
+    pixel = torch.sort(torch.randint(0, 9, (40,))).values  # 9 pixels, some empty, runs of 1–10
+    run = segments(pixel)
+    alpha = (torch.rand(40, dtype=torch.float64) * 0.999).requires_grad_(True)
+    alpha.data[pixel == pixel[-1]] = 0.999  # one pixel at the clamp
+    colors = torch.rand(40, 3, dtype=torch.float64, requires_grad=True)
+    composite = lambda a, c: CompositePairs.apply(a, c, pixel, run["first"], run["segment"], 10)  # noqa: E731
+    assert torch.autograd.gradcheck(composite, (alpha, colors))
+    image, opacity = composite(alpha, colors)
+    for p in range(10):
+        a, c = alpha[pixel == p].detach(), colors[pixel == p].detach()
+        T = torch.cat([torch.ones(1, dtype=a.dtype), torch.cumprod(1 - a, 0)[:-1]])
+        torch.testing.assert_close(image[p], (a * T) @ c if len(a) else torch.zeros(3, dtype=a.dtype))
+        torch.testing.assert_close(opacity[p], 1 - torch.prod(1 - a))
 
 
 def test_sparse_rasterizer_matches_dense_outputs_and_gradients():

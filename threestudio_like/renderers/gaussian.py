@@ -22,7 +22,7 @@ from threestudio_like.geometry.gaussian_ops import covariance_3d
 from threestudio_like.registry import register
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.gaussian_pairs import ALPHA_THRESHOLD, TRANSMITTANCE_MIN, live_pairs, pair_sigma
-from threestudio_like.renderers.segments import segment_exclusive_cumsum
+from threestudio_like.renderers.gaussian_composite import CompositePairs
 from threestudio_like.utils.checks import check_above, check_at_least, check_between
 
 MAX_EXTEND = 3.33
@@ -155,7 +155,7 @@ def rasterize_sparse(
     box (where every α ≥ 1/255 lies): cost O(Σ box areas) instead of O(C·N·H·W).
 
     Per-pixel transmittance is a segmented cumulative sum of log(1 − α) (in float64) over the
-    entries of that pixel in depth order. Returns (features [C,H,W,D], alpha [C,H,W,1]).
+    entries of that pixel in depth order (renderers/gaussian_composite.py). Returns (features [C,H,W,D], alpha [C,H,W,1]).
     """
     C, N, D = features.shape
     with torch.no_grad():
@@ -168,11 +168,8 @@ def rasterize_sparse(
     # sigma is capped before exp (α is cut at 1/255 anyway): subnormal floats are very slow on CPUs.
     # Every pair left has σ ≥ 0 and α ≥ 1/255 (the same arithmetic chose them): no mask needed.
     alpha = (opacities.reshape(-1).index_select(0, pair_gid) * torch.exp(-sigma.clamp(max=60.0))).clamp(max=max_alpha)
-    log_t = torch.log1p(-alpha).double()
-    weight = alpha * torch.exp(segment_exclusive_cumsum(log_t, e["first"], e["segment"])).to(alpha.dtype)
-    image = features.new_zeros(C * height * width, D).index_add(0, e["pixel"], weight[:, None] * features.reshape(-1, D).index_select(0, pair_gid))
-    log_T = log_t.new_zeros(C * height * width).index_add(0, e["pixel"], log_t)
-    alpha_image = (1 - torch.exp(log_T)).to(features.dtype)
+    colors = features.reshape(-1, D).index_select(0, pair_gid)
+    image, alpha_image = CompositePairs.apply(alpha, colors, e["pixel"], e["first"], e["segment"], C * height * width)
     return image.reshape(C, height, width, D), alpha_image.reshape(C, height, width, 1)
 
 

@@ -13,8 +13,10 @@ which pairs are kept (the same float arithmetic decides every pair, as before):
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like.renderers.segments import segment_exclusive_cumsum, segments
@@ -71,12 +73,25 @@ def row_spans(mu: Tensor, conic: Tensor, opacity: Tensor, row_py: Tensor, x0: Te
     return xa, count
 
 
-def _chunk_rows(flat: Tensor, m_all: Tensor, c_all: Tensor, r_all: Tensor, o_all: Tensor, width: int, height: int) -> dict[str, Tensor]:
-    """The box rows of the Gaussians ``flat`` [G] (indices into C·N, depth order), cut to their
-    spans: gid [R], py [R], xa [R], count [R]."""
+def _open_in_box(open_table: Tensor, camera: Tensor, x0: Tensor, y0: Tensor, box_w: Tensor, box_h: Tensor) -> Tensor:
+    """Whether each box [G] holds a pixel not yet done (open_table [C,H+1,W+1]: the summed-area
+    table of the open pixels of each camera)."""
+    C, H1, W1 = open_table.shape
+    flat = open_table.reshape(-1)
+    corner = lambda y, x: flat.index_select(0, (camera * H1 + y) * W1 + x)  # noqa: E731
+    x1, y1 = x0 + box_w, y0 + box_h
+    return corner(y1, x1) - corner(y0, x1) - corner(y1, x0) + corner(y0, x0) > 0
+
+
+def _chunk_rows(flat: Tensor, m_all: Tensor, c_all: Tensor, r_all: Tensor, o_all: Tensor, open_table: Optional[Tensor],
+                N: int, width: int, height: int) -> dict[str, Tensor]:
+    """The box rows of the Gaussians ``flat`` [G] (indices into C·N, depth order) whose box still
+    holds an open pixel (all, without ``open_table``), cut to their spans: gid [R], py [R], xa [R], count [R]."""
     arange = lambda n: torch.arange(n, device=flat.device)  # noqa: E731
     m, r = m_all.index_select(0, flat), r_all.index_select(0, flat).to(m_all.dtype)
     x0, y0, box_w, box_h = _boxes(m, r, width, height)
+    if open_table is not None:
+        box_h = box_h * _open_in_box(open_table, flat // N, x0.clamp(max=width), y0.clamp(max=height), box_w, box_h)
     owner = torch.repeat_interleave(arange(len(flat)), box_h)
     py = arange(len(owner)) + (y0 - (torch.cumsum(box_h, 0) - box_h)).index_select(0, owner)
     gid = flat.index_select(0, owner)
@@ -133,10 +148,12 @@ def candidate_pairs(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: T
     for k0, k1 in zip(bounds[:-1], bounds[1:]):
         if k1 == k0:
             continue
-        rows = _chunk_rows(flat[:, k0:k1].reshape(-1), m_all, c_all, r_all, o_all, width, height)
+        open_prefix = open_table = None
         if k0 > 0:
-            open_pixels = (~done).view(C * height, width).to(torch.int32)
-            open_prefix = torch.nn.functional.pad(torch.cumsum(open_pixels, 1), (1, 0))
+            open_prefix = F.pad(torch.cumsum((~done).view(C * height, width).to(torch.int32), 1), (1, 0))
+            open_table = F.pad(torch.cumsum(open_prefix.view(C, height, width + 1), 1), (0, 0, 1, 0))
+        rows = _chunk_rows(flat[:, k0:k1].reshape(-1), m_all, c_all, r_all, o_all, open_table, N, width, height)
+        if open_prefix is not None:
             rows = _drop_done_rows(rows, open_prefix, N, height, width)
         pairs = _chunk_pairs(rows, m_all, c_all, o_all, done, N, height, width)
         log_T.index_add_(0, pairs["pixel"], _log_keep(pairs["alpha"], max_alpha))
@@ -145,8 +162,10 @@ def candidate_pairs(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: T
         rows_seen += len(rows["gid"])
         parts.append((rows, pairs))
     cat = lambda group, key: torch.cat([part[group][key] for part in parts])  # noqa: E731
-    pixel, perm = torch.sort(cat(1, "pixel"), stable=True)  # stable: depth order survives inside each pixel
-    return {"row_gid": cat(0, "gid"), "row_py": cat(0, "py"), "pixel": pixel,
+    # stable: depth order survives inside each pixel; int32 keys sort about 3× faster than int64
+    key = cat(1, "pixel")
+    pixel, perm = torch.sort(key.int() if C * height * width < 2**31 else key, stable=True)
+    return {"row_gid": cat(0, "gid"), "row_py": cat(0, "py"), "pixel": pixel.long(),
             **{key: cat(1, key).index_select(0, perm) for key in ("row", "px", "alpha")}}
 
 
