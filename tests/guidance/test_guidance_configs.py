@@ -9,7 +9,7 @@ QUICK = [
     "trainer.max_steps=30", "trainer.val_check_interval=30", "trainer.checkpoint_interval=30",
     "trainer.progress_bar=false", "trainer.test_at_end=false",
     "system.exporter.isosurface_resolution=48", "system.exporter.texture_size=64", "system.exporter.progress=false",
-    "system.quality.enabled=false",
+    "system.quality.enabled=false", "data.eval_width=32", "data.eval_height=32",  # the validation grid at 32²
 ]
 
 
@@ -38,7 +38,8 @@ def test_vsd_with_the_small_unet_resumes_exactly(root, tmp_path):
     """ε_φ's weights and AdamW state go into the checkpoint: 10 + 10 resumed steps = 20 straight."""
     base = ["--config", str(root / "configs" / "vsd-nerf.yaml"), "--train", "system.prior.variational=unet",
             "trainer.progress_bar=false", "trainer.test_at_end=false", "trainer.export_at_end=false",
-            "system.quality.enabled=false", "trainer.val_check_interval=1000", "trainer.checkpoint_interval=10"]
+            "system.quality.enabled=false", "trainer.val_check_interval=1000", "trainer.checkpoint_interval=10",
+            "data.eval_width=32", "data.eval_height=32"]
     assert main([*base, f"exp_root_dir={tmp_path / 'straight'}", "trainer.max_steps=20"]) == 0
     assert main([*base, f"exp_root_dir={tmp_path / 'split'}", "trainer.max_steps=10"]) == 0
     (split_dir,) = (tmp_path / "split" / "vsd-nerf").iterdir()

@@ -15,6 +15,7 @@ QUICK = [
     "trainer.max_steps=150", "trainer.val_check_interval=1000", "trainer.checkpoint_interval=1000",
     "trainer.progress_bar=false", "system.geometry.densify_from_step=50", "system.geometry.densify_interval=50",
     "system.exporter.isosurface_resolution=48", "system.exporter.texture_size=64", "system.exporter.progress=false",
+    "data.eval_width=32", "data.eval_height=32",  # the validation grid (the held-out views use the training size)
 ]
 
 
