@@ -74,6 +74,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cpu.add_argument("--repeats", type=int, default=15)
     cpu.add_argument("--gs-sizes", type=_sizes, default=None, help="Gaussian peer sizes, e.g. 2000x32,10000x128")
     cpu.add_argument("--nerf-only", action="store_true", help="only the NeRF step (both CPU paths) and the hash grid peer")
+    cpu.add_argument("--gaussian-only", action="store_true", help="only the Gaussian step and the rasterizer peer")
     args = parser.parse_args(argv)
     args.render = args.render or (32 if args.tiny else 64)
     args.vae_res = args.vae_res or (64 if args.tiny else 512)

@@ -1,7 +1,7 @@
 """The CPU row of bench/speed.py: the offline demo steps part by part, against this machine's floor
 and against the peer implementations they replace.
 
-    python bench/speed.py --cpu-row [--peers DIR] [--warmup-steps 200] [--repeats 15]
+    python bench/speed.py --cpu-row [--peers DIR] [--warmup-steps 200] [--repeats 15] [--nerf-only | --gaussian-only]
 
 Everything runs on one thread and is timed with thread CPU time (``time.thread_time``: other jobs
 on a shared machine do not count), median over ``--repeats``. The floor of a part is
@@ -163,7 +163,7 @@ def nerf_row(args, rates: SimpleNamespace, trained: tuple, compiled: bool) -> tu
     R, S = len(cameras) * cameras.height * cameras.width, math.ceil(2 * renderer.grid.radius / renderer.step_size())
     march_bytes = 2 * R * S * 4 * 12  # ~12 dense [R,S] float arrays, forward and backward
     B, pixels = len(cameras), 3 * cameras.height * cameras.width
-    n_refs = system.prior.reference_set(system.prompt.cfg.prompt, cameras.width, cameras.height)[0].shape[0]
+    n_refs = system.prior.reference_set(system.prompt.text, cameras.width, cameras.height)[0].shape[0]
     g_flops, g_bytes = guidance_cost(B, n_refs, pixels)
     a_flops, a_bytes = adam_cost(system)
     rows = [
@@ -194,7 +194,7 @@ def gaussian_row(args, rates: SimpleNamespace) -> list[tuple]:
     t_step = timed_steps(system, step, max_steps, args.repeats)
     n, B = system.geometry.num_gaussians, len(cameras)
     pixels = 3 * cameras.height * cameras.width
-    n_refs = system.prior.reference_set(system.prompt.cfg.prompt, cameras.width, cameras.height)[0].shape[0]
+    n_refs = system.prior.reference_set(system.prompt.text, cameras.width, cameras.height)[0].shape[0]
     pairs = pair_count(system, cameras)
     g_flops, g_bytes = guidance_cost(B, n_refs, pixels)
     a_flops, a_bytes = adam_cost(system)
@@ -354,33 +354,42 @@ def pair_count_of(p: dict, cameras, res: int) -> int:
     return len(live_pairs(meta, p["opacities"], res, res)["row"])
 
 
-def main(args) -> None:
-    torch.set_num_threads(1)
-    load = os.getloadavg()
-    rates = machine_rates(args.repeats)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
-          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sgemm {rates.gemm:.1f} GFLOP/s, copy {rates.copy:.1f} GB/s")
+def nerf_rows(args, rates: SimpleNamespace, peers_dir: Path) -> None:
+    """The NeRF step on both CPU paths, then the hash grid against nerfstudio's."""
     trained = trained_system("configs/sds-nerf.yaml", args.warmup_steps)
     for compiled in (True, False):  # the default path first, then the torch path on the same system
         nerf, captured = nerf_row(args, rates, trained, compiled)
         path = "compiled CPU kernels" if compiled else "torch path (cpu_kernel: false)"
         print_parts(f"NeRF demo step, {path} (configs/sds-nerf.yaml, 32², batch 4, SDS, embedded prior)", nerf)
     set_cpu_kernels(trained[0], "auto")
-    if not args.nerf_only:
-        gaussian = gaussian_row(args, rates)
-        print_parts("Gaussian demo step (configs/sds-gs.yaml, 32², batch 4, SDS, embedded prior)", gaussian)
-    peers_dir = Path(args.peers)
     HashEncoding = peer_code.nerfstudio_hash_encoding(peers_dir)
     if HashEncoding is None:
         print(f"\nnerfstudio not found under {peers_dir} ({peer_code.NERFSTUDIO_FILE}): hash grid comparison skipped")
     else:
         hash_peer(args, HashEncoding, captured.points)
-    ref = None if args.nerf_only else peer_code.gsplat_reference(peers_dir, max_alpha=0.999)
-    if args.nerf_only:
-        pass
-    elif ref is None:
+
+
+def gaussian_rows(args, rates: SimpleNamespace, peers_dir: Path) -> None:
+    """The Gaussian step, then the sparse rasterizer against gsplat's torch reference."""
+    gaussian = gaussian_row(args, rates)
+    print_parts("Gaussian demo step (configs/sds-gs.yaml, 32², batch 4, SDS, embedded prior)", gaussian)
+    ref = peer_code.gsplat_reference(peers_dir, max_alpha=0.999)
+    if ref is None:
         print(f"\ngsplat not found under {peers_dir} ({peer_code.GSPLAT_FILE}): rasterizer comparison skipped")
     else:
         gaussian_peer(args, ref)
+
+
+def main(args) -> None:
+    torch.set_num_threads(1)
+    load = os.getloadavg()
+    rates = machine_rates(args.repeats)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, 1 thread; "
+          f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; sgemm {rates.gemm:.1f} GFLOP/s, copy {rates.copy:.1f} GB/s")
+    peers_dir = Path(args.peers)
+    if not args.gaussian_only:
+        nerf_rows(args, rates, peers_dir)
+    if not args.nerf_only:
+        gaussian_rows(args, rates, peers_dir)
     load = os.getloadavg()
     print(f"\nload average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
