@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
@@ -76,6 +77,19 @@ struct Block {
   }
 };
 
+// A table row's F features as one vector register (GCC/Clang vector extension): a corner's
+// read-add-write is one load and one store, lane by lane the same float operations.
+template <typename scalar_t, int F>
+struct Row {
+  typedef scalar_t type __attribute__((vector_size(sizeof(scalar_t) * F)));
+  static type load(const scalar_t* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static void store(scalar_t* p, type v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
 Levels levels_of(c10::IntArrayRef resolutions, c10::IntArrayRef offsets, int64_t n_dense, int64_t log2_size) {
   TORCH_CHECK(offsets.size() >= resolutions.size(), "one offset per active level");
   return Levels{resolutions, offsets, n_dense, static_cast<uint32_t>((int64_t(1) << log2_size) - 1)};
@@ -100,12 +114,9 @@ void forward_levels(const scalar_t* xs, const scalar_t* table, scalar_t* out, in
         const int64_t n = std::min(kBlock, end - start);
         b.fill(xs, N, start, n, lv, level);
         for (int64_t i = 0; i < n; ++i) {
-          scalar_t acc[F] = {};
-          for (int c = 0; c < 8; ++c) {
-            const scalar_t* src = table + int64_t(b.row[c][i]) * F;
-            for (int f = 0; f < F; ++f) acc[f] += b.weight[c][i] * src[f];
-          }
-          for (int f = 0; f < F; ++f) out[(start + i) * width + level * F + f] = acc[f];
+          typename Row<scalar_t, F>::type acc = {};
+          for (int c = 0; c < 8; ++c) acc += b.weight[c][i] * Row<scalar_t, F>::load(table + int64_t(b.row[c][i]) * F);
+          Row<scalar_t, F>::store(out + (start + i) * width + level * F, acc);
         }
       }
     }
@@ -122,10 +133,10 @@ void backward_table_levels(const scalar_t* xs, const scalar_t* grad, scalar_t* o
         const int64_t n = std::min(kBlock, N - start);
         b.fill(xs, N, start, n, lv, level);
         for (int64_t i = 0; i < n; ++i) {  // point-major, then corner: index_add_'s order
-          const scalar_t* g = grad + (start + i) * width + level * F;
+          const auto g = Row<scalar_t, F>::load(grad + (start + i) * width + level * F);
           for (int c = 0; c < 8; ++c) {
             scalar_t* dst = out + int64_t(b.row[c][i]) * F;
-            for (int f = 0; f < F; ++f) dst[f] += b.weight[c][i] * g[f];
+            Row<scalar_t, F>::store(dst, Row<scalar_t, F>::load(dst) + b.weight[c][i] * g);
           }
         }
       }

@@ -26,33 +26,57 @@ struct March {
   const bool* hit;                      // [R]
   const scalar_t* jitter;               // [R,S] uniform draws, or null for midpoints
   const bool* occupied;                 // [res³] occupancy bits, or null (no culling)
+};
 
-  // Visits the kept samples of ray i in order: fn(t, δ, point).
-  template <typename Fn>
-  void visit(int64_t i, const Fn& fn) const {
-    if (!hit[i]) return;
-    const scalar_t* oi = o + 3 * i;
-    const scalar_t* di = d + 3 * i;
-    const scalar_t far_i = far[i];
+// One ray's S candidates, computed in loops across them (so that they vectorise); then the kept
+// ones are read out in order.
+template <typename scalar_t>
+struct Candidates {
+  std::vector<scalar_t> t, delta, p[3];
+  std::vector<int32_t> cell;
+  std::vector<uint8_t> keep;
+
+  explicit Candidates(int64_t S) : t(S), delta(S), cell(S), keep(S) {
+    for (auto& axis : p) axis.resize(S);
+  }
+
+  // The candidates of ray i → how many are kept.
+  int64_t fill(const March<scalar_t>& m, int64_t i) {
+    if (!m.hit[i]) return 0;
+    const int64_t S = m.S;
+    const scalar_t near = m.near[i], far = m.far[i], step = m.step;
+    const scalar_t* u = m.jitter ? m.jitter + i * S : nullptr;
+    scalar_t *tp = t.data(), *dp = delta.data();
+    uint8_t* kp = keep.data();
     for (int64_t k = 0; k < S; ++k) {
-      const scalar_t start = near[i] + static_cast<scalar_t>(k) * step;
-      if (!(start < far_i)) break;  // the starts only grow
+      const scalar_t start = near + static_cast<scalar_t>(k) * step;
       const scalar_t end = start + step;
-      scalar_t delta = (end < far_i ? end : far_i) - start;
-      delta = delta > 0 ? delta : scalar_t(0);
-      const scalar_t u = jitter ? jitter[i * S + k] : scalar_t(0.5);
-      const scalar_t t = start + u * delta;
-      scalar_t p[3];
-      int64_t cell = 0;
-      for (int a = 0; a < 3; ++a) {
-        p[a] = oi[a] + t * di[a];
-        int64_t c = static_cast<int64_t>((p[a] / radius + scalar_t(1)) * half_res);
-        c = c < 0 ? 0 : (c > res - 1 ? res - 1 : c);
-        cell = cell * res + c;
-      }
-      if (occupied && !occupied[cell]) continue;
-      fn(t, delta, p);
+      scalar_t dl = (end < far ? end : far) - start;
+      dl = dl > 0 ? dl : scalar_t(0);
+      tp[k] = start + (u ? u[k] : scalar_t(0.5)) * dl;
+      dp[k] = dl;
+      kp[k] = start < far;
     }
+    int32_t* cp = cell.data();
+    for (int64_t k = 0; k < S; ++k) cp[k] = 0;
+    const scalar_t top = static_cast<scalar_t>(m.res - 1);
+    for (int a = 0; a < 3; ++a) {
+      const scalar_t oa = m.o[3 * i + a], da = m.d[3 * i + a];
+      scalar_t* pa = p[a].data();
+      for (int64_t k = 0; k < S; ++k) {
+        pa[k] = oa + tp[k] * da;
+        // ⌊·⌋ toward zero, then clamped: the same as clamping first (a NaN lands in cell 0)
+        scalar_t c = (pa[k] / m.radius + scalar_t(1)) * m.half_res;
+        c = c > 0 ? c : scalar_t(0);
+        c = c < top ? c : top;
+        cp[k] = cp[k] * static_cast<int32_t>(m.res) + static_cast<int32_t>(c);
+      }
+    }
+    if (m.occupied)
+      for (int64_t k = 0; k < S; ++k) kp[k] = kp[k] & static_cast<uint8_t>(m.occupied[cp[k]]);
+    int64_t n = 0;
+    for (int64_t k = 0; k < S; ++k) n += kp[k];
+    return n;
   }
 };
 
@@ -89,11 +113,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> volume_march(
                             hit.data_ptr<bool>(), jitter.defined() ? jitter.data_ptr<scalar_t>() : nullptr,
                             binaries.defined() ? binaries.data_ptr<bool>() : nullptr};
     at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {  // pass 1: samples per ray
-      for (int64_t i = begin; i < end; ++i) {
-        int64_t n = 0;
-        m.visit(i, [&](scalar_t, scalar_t, const scalar_t*) { ++n; });
-        first[i + 1] = n;
-      }
+      Candidates<scalar_t> c(S);
+      for (int64_t i = begin; i < end; ++i) first[i + 1] = c.fill(m, i);
     });
     for (int64_t i = 0; i < R; ++i) first[i + 1] += first[i];
     const int64_t M = first[R];
@@ -103,14 +124,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> volume_march(
     points = at::empty({M, 3}, o.options());
     int64_t* rp = ray.data_ptr<int64_t>();
     scalar_t *tp = t.data_ptr<scalar_t>(), *dlp = delta.data_ptr<scalar_t>(), *pp = points.data_ptr<scalar_t>();
-    at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {  // pass 2: write them
+    at::parallel_for(0, R, 256, [&](int64_t begin, int64_t end) {  // pass 2: the same candidates, written out
+      Candidates<scalar_t> c(S);
       for (int64_t i = begin; i < end; ++i) {
+        if (first[i + 1] == first[i]) continue;
+        c.fill(m, i);
         int64_t j = first[i];
-        m.visit(i, [&](scalar_t ts, scalar_t ds, const scalar_t* p) {
-          rp[j] = i, tp[j] = ts, dlp[j] = ds;
-          for (int a = 0; a < 3; ++a) pp[3 * j + a] = p[a];
+        for (int64_t k = 0; k < S; ++k) {
+          if (!c.keep[k]) continue;
+          rp[j] = i, tp[j] = c.t[k], dlp[j] = c.delta[k];
+          for (int a = 0; a < 3; ++a) pp[3 * j + a] = c.p[a][k];
           ++j;
-        });
+        }
       }
     });
   });
