@@ -13,7 +13,8 @@ its matrix products alone at the GEMM rate (the issue's 4 × goal is measured ag
 Parts of the NeRF step (configs/sds-nerf.yaml after ``--warmup-steps`` training steps, so the
 occupancy grid has shrunk as in a real run): the hash grid's forward + backward and the MLP's
 forward + backward timed alone on that step's samples; "marching + compositing" is the render's
-forward + backward minus those two; the guidance call (the embedded prior's exact denoiser at
+forward + backward minus those two (the three timed round-robin, so
+that a change of load reaches them alike); the guidance call (the embedded prior's exact denoiser at
 batch 2B and the SDS arithmetic); Adam; "rest" is the whole step minus all of these. The
 Gaussian step (configs/sds-gs.yaml) is split into the render (projection + sparse rasterizer,
 forward + backward), the guidance call, Adam and the rest.
@@ -52,6 +53,21 @@ def thread_ms(fn, repeats: int, warmup: int = 2) -> float:
         fn()
         times.append(time.thread_time() - start)
     return 1000.0 * statistics.median(times)
+
+
+def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
+    """Median thread CPU time (ms) of each of ``fns``, timed round-robin: a change in the machine's
+    load during the run reaches every part alike, so differences of parts stay meaningful."""
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            start = time.thread_time()
+            fn()
+            bucket.append(time.thread_time() - start)
+    return [1000.0 * statistics.median(bucket) for bucket in times]
 
 
 def machine_rates(repeats: int) -> SimpleNamespace:
@@ -117,33 +133,72 @@ def set_cpu_kernels(system, choice) -> None:
     system.renderer.cfg.cpu_kernel = choice
 
 
-def nerf_row(args, rates: SimpleNamespace, trained: tuple, compiled: bool) -> tuple[list[tuple], SimpleNamespace]:
-    """(part, ms, MFLOP, MB, floor ms) of the NeRF demo step, on the compiled CPU kernels or the torch path."""
-    system, step, max_steps = trained
-    set_cpu_kernels(system, compiled)
-    geometry, renderer = system.geometry, system.renderer
-    captured = {}
+def on_path(system, compiled: bool, fn):
+    """``fn`` run with the NeRF system on the compiled kernels or on the torch path."""
+    def run():
+        set_cpu_kernels(system, compiled)
+        return fn()
+    return run
+
+
+def captured_samples(system, cameras) -> torch.Tensor:
+    """The points [M,3] the geometry is evaluated on in one training render of ``cameras``."""
+    geometry, captured = system.geometry, {}
     forward = geometry.forward
 
     def capture(points, with_normal=False):
         captured["points"] = points.detach()
         return forward(points, with_normal)
 
-    cameras = system.sampler.sample()
     geometry.forward = capture
-    out = system.render(cameras, shading="albedo", training=True)
+    system.render(cameras, shading="albedo", training=True)
     del geometry.forward
-    points = captured["points"]
+    return captured["points"]
+
+
+def n_references(system, cameras) -> int:
+    return system.prior.reference_set(system.prompt.text, cameras.width, cameras.height)[0].shape[0]
+
+
+def nerf_table(system, cameras, M: int, times: tuple, rates: SimpleNamespace) -> list[tuple]:
+    """The NeRF step's parts with their counted FLOPs and bytes; ``times`` = ms of the hash grid, the
+    MLP, the render, the guidance, Adam and the whole step, all for ``M`` samples."""
+    t_hash, t_mlp, t_render, t_guidance, t_adam, t_step = times
+    encoding, network, renderer = system.geometry.encoding, system.geometry.network, system.renderer
+    L, Fdim = encoding.active_levels, encoding.cfg.n_features_per_level
+    widths = [encoding.output_dim] + [m.out_features for m in network if isinstance(m, torch.nn.Linear)]
+    mlp_flops = 3 * 2 * M * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    corners = M * L * 8
+    hash_bytes = corners * Fdim * 4 * 3 + encoding.table.numel() * 4 + 2 * M * L * Fdim * 4
+    R, S = len(cameras) * cameras.height * cameras.width, math.ceil(2 * renderer.grid.radius / renderer.step_size())
+    g_flops, g_bytes = guidance_cost(len(cameras), n_references(system, cameras), 3 * cameras.height * cameras.width)
+    a_flops, a_bytes = adam_cost(system)
+    rows = [
+        ("hash grid fwd+bwd", t_hash, 30 * corners * Fdim, hash_bytes),
+        ("MLP fwd+bwd", t_mlp, mlp_flops, 3 * 4 * M * sum(widths)),
+        ("marching + compositing", t_render - t_hash - t_mlp, 60 * R * S, 2 * R * S * 4 * 12),  # ~12 [R,S] arrays
+        ("guidance (prior + SDS)", t_guidance, g_flops, g_bytes),
+        ("Adam", t_adam, a_flops, a_bytes),
+    ]
+    rows.append(("rest", t_step - sum(r[1] for r in rows), 0.0, 0.0))
+    return finish(rows, t_step, mlp_flops + g_flops, rates)
+
+
+def nerf_tables(args, rates: SimpleNamespace, trained: tuple) -> tuple[dict[bool, list[tuple]], torch.Tensor]:
+    """(part, ms, MFLOP, MB, floor ms) of the NeRF demo step on the compiled kernels (key True) and
+    on the torch path (False): the parts of both paths and then their whole steps timed round-robin."""
+    system, step, max_steps = trained
+    geometry, renderer = system.geometry, system.renderer
+    cameras = system.sampler.sample()
+    points = captured_samples(system, cameras)
     unit = (points / geometry.radius + 1.0) * 0.5
     encoding, network = geometry.encoding, geometry.network
-    M, L, Fdim = len(points), encoding.active_levels, encoding.cfg.n_features_per_level
-    grad_feat = torch.randn(M, encoding.output_dim)
+    M = len(points)
+    grad_feat, grad_out = torch.randn(M, encoding.output_dim), torch.randn(M, 4)
+    features = encoding(unit).detach().requires_grad_(True)
 
     def hash_fb():
         encoding(unit).backward(grad_feat)
-
-    features = encoding(unit).detach().requires_grad_(True)
-    grad_out = torch.randn(M, 4)
 
     def mlp_fb():
         network(features).backward(grad_out)
@@ -151,33 +206,24 @@ def nerf_row(args, rates: SimpleNamespace, trained: tuple, compiled: bool) -> tu
     def render_fb():
         system.render(cameras, shading="albedo", training=True)["rgb"].sum().backward()
 
-    t_hash, t_mlp, t_render = (thread_ms(fn, args.repeats) for fn in (hash_fb, mlp_fb, render_fb))
+    paths = (True, False)
+    fns = [on_path(system, c, fn) for c in paths for fn in (hash_fb, render_fb)] + [mlp_fb]
+    hash_k, render_k, hash_t, render_t, t_mlp = interleaved_ms(fns, args.repeats)
+    out = system.render(cameras, shading="albedo", training=True)
     t_guidance, t_adam = guidance_and_adam(system, out, cameras, args.repeats)
     system.zero_grad(set_to_none=True)
-    t_step = timed_steps(system, step, max_steps, args.repeats)
-    widths = [encoding.output_dim] + [m.out_features for m in network if isinstance(m, torch.nn.Linear)]
-    mlp_flops = 3 * 2 * M * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
-    mlp_bytes = 3 * 4 * M * sum(widths)
-    corners = M * L * 8
-    hash_bytes = corners * Fdim * 4 * 3 + encoding.table.numel() * 4 + 2 * M * L * Fdim * 4
+    counter = iter(range(step, step + 10 * args.repeats))
+    steps = [on_path(system, c, lambda: system.training_step(next(counter), max_steps)) for c in paths]
+    step_k, step_t = interleaved_ms(steps, args.repeats)
+    set_cpu_kernels(system, "auto")
+    times = {True: (hash_k, render_k, step_k), False: (hash_t, render_t, step_t)}
+    tables = {c: nerf_table(system, cameras, M, (t_hash, t_mlp, t_render, t_guidance, t_adam, t_step), rates)
+              for c, (t_hash, t_render, t_step) in times.items()}
     R, S = len(cameras) * cameras.height * cameras.width, math.ceil(2 * renderer.grid.radius / renderer.step_size())
-    march_bytes = 2 * R * S * 4 * 12  # ~12 dense [R,S] float arrays, forward and backward
-    B, pixels = len(cameras), 3 * cameras.height * cameras.width
-    n_refs = system.prior.reference_set(system.prompt.text, cameras.width, cameras.height)[0].shape[0]
-    g_flops, g_bytes = guidance_cost(B, n_refs, pixels)
-    a_flops, a_bytes = adam_cost(system)
-    rows = [
-        ("hash grid fwd+bwd", t_hash, 30 * corners * Fdim, hash_bytes),
-        ("MLP fwd+bwd", t_mlp, mlp_flops, mlp_bytes),
-        ("marching + compositing", t_render - t_hash - t_mlp, 60 * R * S, march_bytes),
-        ("guidance (prior + SDS)", t_guidance, g_flops, g_bytes),
-        ("Adam", t_adam, a_flops, a_bytes),
-    ]
-    rows.append(("rest", t_step - sum(r[1] for r in rows), 0.0, 0.0))
-    path = "compiled CPU kernels" if compiled else "torch path"
-    print(f"NeRF demo step ({path}): {M} samples of {R}·{S}, {L} levels, {n_refs} references, whole step {t_step:.1f} ms")
-    gemm_flops = mlp_flops + g_flops
-    return finish(rows, t_step, gemm_flops, rates), SimpleNamespace(points=unit, M=M)
+    L, n_refs = encoding.active_levels, n_references(system, cameras)
+    print(f"NeRF demo step: {M} samples of {R}·{S}, {L} levels, {n_refs} references; whole step "
+          f"{step_k:.1f} ms on the compiled CPU kernels, {step_t:.1f} ms on the torch path")
+    return tables, unit
 
 
 def gaussian_row(args, rates: SimpleNamespace) -> list[tuple]:
@@ -194,7 +240,7 @@ def gaussian_row(args, rates: SimpleNamespace) -> list[tuple]:
     t_step = timed_steps(system, step, max_steps, args.repeats)
     n, B = system.geometry.num_gaussians, len(cameras)
     pixels = 3 * cameras.height * cameras.width
-    n_refs = system.prior.reference_set(system.prompt.text, cameras.width, cameras.height)[0].shape[0]
+    n_refs = n_references(system, cameras)
     pairs = pair_count(system, cameras)
     g_flops, g_bytes = guidance_cost(B, n_refs, pixels)
     a_flops, a_bytes = adam_cost(system)
@@ -356,17 +402,14 @@ def pair_count_of(p: dict, cameras, res: int) -> int:
 
 def nerf_rows(args, rates: SimpleNamespace, peers_dir: Path) -> None:
     """The NeRF step on both CPU paths, then the hash grid against nerfstudio's."""
-    trained = trained_system("configs/sds-nerf.yaml", args.warmup_steps)
-    for compiled in (True, False):  # the default path first, then the torch path on the same system
-        nerf, captured = nerf_row(args, rates, trained, compiled)
-        path = "compiled CPU kernels" if compiled else "torch path (cpu_kernel: false)"
-        print_parts(f"NeRF demo step, {path} (configs/sds-nerf.yaml, 32², batch 4, SDS, embedded prior)", nerf)
-    set_cpu_kernels(trained[0], "auto")
+    nerf, points = nerf_tables(args, rates, trained_system("configs/sds-nerf.yaml", args.warmup_steps))
+    for compiled, path in ((True, "compiled CPU kernels"), (False, "torch path (cpu_kernel: false)")):
+        print_parts(f"NeRF demo step, {path} (configs/sds-nerf.yaml, 32², batch 4, SDS, embedded prior)", nerf[compiled])
     HashEncoding = peer_code.nerfstudio_hash_encoding(peers_dir)
     if HashEncoding is None:
         print(f"\nnerfstudio not found under {peers_dir} ({peer_code.NERFSTUDIO_FILE}): hash grid comparison skipped")
     else:
-        hash_peer(args, HashEncoding, captured.points)
+        hash_peer(args, HashEncoding, points)
 
 
 def gaussian_rows(args, rates: SimpleNamespace, peers_dir: Path) -> None:
