@@ -142,6 +142,8 @@ def test_live_pairs_are_the_plain_enumeration(chunks):
         got.setdefault(pixel, []).append(g)
     assert got == {pixel: [g for g, _ in pairs] for pixel, pairs in plain.items()}
     assert torch.equal(fast["pixel"][fast["first"]], torch.tensor(sorted(plain)))
+    empty = GP.live_pairs(means2d[:, :0], conics[:, :0], opacities[:, :0], radii[:, :0], depths[:, :0].long(), width, height)
+    assert len(empty["pixel"]) == len(empty["first"]) == len(empty["row_gid"]) == 0
     if chunks > 1:  # done pixels were skipped: fewer candidates than one pass makes
         every = GP.candidate_pairs(means2d, conics, opacities, radii, torch.argsort(depths, 1), width, height, chunks=1)
         some = GP.candidate_pairs(means2d, conics, opacities, radii, torch.argsort(depths, 1), width, height, chunks=chunks)
@@ -160,6 +162,10 @@ def test_composite_backward_is_the_derivative_of_its_forward():
     composite = lambda a, c: CompositePairs.apply(a, c, pixel, run["first"], run["segment"], 10)  # noqa: E731
     assert torch.autograd.gradcheck(composite, (alpha, colors))
     image, opacity = composite(alpha, colors)
+    none = torch.zeros(0, dtype=torch.float64, requires_grad=True)  # no pairs at all: an empty image, no gradient
+    empty, clear = CompositePairs.apply(none, colors[:0], pixel[:0], run["first"][:0], run["segment"][:0], 10)
+    (empty.sum() + clear.sum()).backward()
+    assert not empty.any() and not clear.any() and none.grad.shape == (0,)
     for p in range(10):
         a, c = alpha[pixel == p].detach(), colors[pixel == p].detach()
         T = torch.cat([torch.ones(1, dtype=a.dtype), torch.cumprod(1 - a, 0)[:-1]])

@@ -20,6 +20,8 @@ from threestudio_like.renderers.segments import segment_exclusive_cumsum
 
 def _segment_sum_after(values: Tensor, first: Tensor, segment: Tensor) -> Tensor:
     """Σ over the later entries of each entry's segment (exclusive, towards the end) of ``values`` [M]."""
+    if len(values) == 0:  # no pairs (every Gaussian culled): no segments either
+        return values
     inclusive = torch.cumsum(values, 0)
     last = torch.cat([first[1:] - 1, first.new_tensor([len(values) - 1])])
     return inclusive.index_select(0, last).index_select(0, segment) - inclusive

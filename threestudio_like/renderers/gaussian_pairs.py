@@ -146,7 +146,7 @@ def candidate_pairs(means2d: Tensor, conics: Tensor, opacities: Tensor, radii: T
     parts, rows_seen = [], 0
     bounds = [round(N * k / chunks) for k in range(chunks + 1)]
     for k0, k1 in zip(bounds[:-1], bounds[1:]):
-        if k1 == k0:
+        if k1 == k0 and parts:  # (one pass even without Gaussians, so the results exist)
             continue
         open_prefix = open_table = None
         if k0 > 0:
