@@ -28,7 +28,7 @@ import torch
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
-EXPECTED_BUILD_S = 30  # two translation units on a 2-core machine (docs/BENCHMARKS.md)
+EXPECTED_BUILD_S = 40  # CPU seconds of the two translation units on a 2-core machine (docs/BENCHMARKS.md)
 CHOICES = {"auto": "auto", True: True, False: False, "true": True, "false": False}
 _STATE: dict[str, Any] = {}  # "ok": bool once a build was tried; "error": its first line
 
