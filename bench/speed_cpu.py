@@ -57,7 +57,8 @@ def thread_ms(fn, repeats: int, warmup: int = 2) -> float:
 
 def interleaved_ms(fns: list, repeats: int, warmup: int = 2) -> list[float]:
     """Median thread CPU time (ms) of each of ``fns``, timed round-robin: a change in the machine's
-    load during the run reaches every part alike, so differences of parts stay meaningful."""
+    load during the run reaches every part alike, so differences of parts stay meaningful (at the
+    price of colder caches: each call follows a different one, so all parts read somewhat high)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
