@@ -28,11 +28,11 @@ $(STAMP): $(PY) setup.py
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) kernels
 
 # the compiled CPU kernels, built once into the torch extensions cache (a no-op once built; without
 # a compiler it says so and everything runs on the torch path)
-kernels: install
+kernels: $(STAMP)
 	$(PY) -m threestudio_like.kernels
 
 $(MODEL_VIEWER): web/package.json web/package-lock.json
@@ -51,7 +51,7 @@ blender:
 	@(command -v blender >/dev/null 2>&1 && dpkg -s python3-numpy >/dev/null 2>&1) || (apt-get update -q && apt-get install -y -q blender python3-numpy) \
 		|| echo "warning: could not install blender; the Blender import test will skip"
 
-demo: install web kernels
+demo: install web
 ifeq ($(REFINE),1)
 	$(PY) -m threestudio_like.chain $(DEMO_CONFIG) $(REFINE_CONFIGS) \
 		system.prompt_processor.prompt="$(PROMPT)" system.guidance_type=$(METHOD)
@@ -59,10 +59,10 @@ else
 	$(PY) launch.py --config $(DEMO_CONFIG) --train system.prompt_processor.prompt="$(PROMPT)"
 endif
 
-test: install web chromium blender kernels
+test: install web chromium blender
 	$(PY) -m pytest -q tests
 
-bench: install kernels
+bench: install
 	$(PY) bench/speed.py
 
 bench-quality: install
