@@ -3,6 +3,7 @@
 # make test  — installs into .venv and runs the tests
 # make bench — speed table (bench/speed.py); make bench-quality — the ground-truth guidance benchmark (--quick)
 # make web  — installs the run pages' 3D viewer (@google/model-viewer) from the npm registry into web/
+# make blender — Debian's Blender, which the asset test and bench/view_asset.py --viewer blender open the GLB in
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
