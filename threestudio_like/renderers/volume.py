@@ -238,6 +238,13 @@ class VolumeRenderer(Renderer):
         chosen = torch.nonzero(w.detach() > self.cfg.normal_min_weight)[:, 0]
         return points.new_zeros(len(points), 3).index_put((chosen,), normals(points[chosen]))
 
+    def _chords(self, o: Tensor, d: Tensor) -> tuple[float, int, Tensor, Tensor, Tensor]:
+        """What both CPU marchings start from: rays o, d [R,3] → the step Δ, the most candidates a
+        ray can have S (the longest chord, a diameter, in steps), and near, far, hit [R] on the ball."""
+        step = self.step_size()
+        near, far, hit = ray_sphere(o, d, self.grid.radius)
+        return step, int(math.ceil(2.0 * self.grid.radius / step)), near, far, hit
+
     def _march_torch(self, geometry, o: Tensor, d: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Fixed-step samples between the ball's near/far, culled by the occupancy grid (see module doc).
 
@@ -247,9 +254,7 @@ class VolumeRenderer(Renderer):
         transmittance is a running sum over the packed samples of each ray (float64), which is
         the dense [R,S] one with its zeros left out.
         """
-        R, step = len(o), self.step_size()
-        S = int(math.ceil(2.0 * self.grid.radius / step))  # the longest chord (a diameter) in steps
-        near, far, hit = ray_sphere(o, d, self.grid.radius)
+        step, S, near, far, hit = self._chords(o, d)
         t, delta, keep = marching_intervals(near, far, step, S, jitter=training and self.cfg.randomized)
         axes = [o[:, k, None] + t * d[:, k, None] for k in range(3)]  # 3 × [R,S]: o + t·d per axis
         keep = keep & hit[:, None]
@@ -265,9 +270,7 @@ class VolumeRenderer(Renderer):
     def _march_compiled(self, geometry, o: Tensor, d: Tensor, training: bool) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """``_march_torch`` as two compiled loops around the geometry query: the same uniform draws
         (one per candidate, in the same order), the same kept samples, weights to float rounding."""
-        step = self.step_size()
-        S = int(math.ceil(2.0 * self.grid.radius / step))
-        near, far, hit = ray_sphere(o, d, self.grid.radius)
+        step, S, near, far, hit = self._chords(o, d)
         jitter = torch.rand(len(o), S, dtype=o.dtype, device=o.device) if training and self.cfg.randomized else None
         binaries = self.grid.binaries if self.cfg.grid_prune else None
         ray, t, delta, points = fused.march(o, d, near, far, hit, self.grid.radius, step, S, jitter, binaries)
