@@ -15,16 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from threestudio_like.renderers.segments import segment_exclusive_cumsum
-
-
-def _segment_sum_after(values: Tensor, first: Tensor, segment: Tensor) -> Tensor:
-    """Σ over the later entries of each entry's segment (exclusive, towards the end) of ``values`` [M]."""
-    if len(values) == 0:  # no pairs (every Gaussian culled): no segments either
-        return values
-    inclusive = torch.cumsum(values, 0)
-    last = torch.cat([first[1:] - 1, first.new_tensor([len(values) - 1])])
-    return inclusive.index_select(0, last).index_select(0, segment) - inclusive
+from threestudio_like.renderers.segments import segment_exclusive_cumsum, segment_exclusive_sum_after
 
 
 class CompositePairs(torch.autograd.Function):
@@ -46,7 +37,7 @@ class CompositePairs(torch.autograd.Function):
         alpha, colors, pixel, first, segment, T, weight, final_T = ctx.saved_tensors
         g_pair = g_image.index_select(0, pixel)
         dot = (g_pair * colors).sum(1)
-        behind = _segment_sum_after((weight * dot).double(), first, segment)
+        behind = segment_exclusive_sum_after((weight * dot).double(), first, segment)
         behind = behind - (g_alpha_image.double() * final_T).index_select(0, pixel)
         g_alpha = T * dot - (behind / (1 - alpha.double())).to(alpha.dtype)
         g_colors = g_pair * weight[:, None] if ctx.needs_input_grad[1] else None

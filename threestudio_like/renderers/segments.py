@@ -24,3 +24,13 @@ def segment_exclusive_cumsum(values: Tensor, first: Tensor, segment: Tensor) -> 
     segments' first positions, ``segment`` [M] each entry's segment (from :func:`segments`)."""
     running = torch.cumsum(values, 0) - values
     return running - running.index_select(0, first).index_select(0, segment)
+
+
+def segment_exclusive_sum_after(values: Tensor, first: Tensor, segment: Tensor) -> Tensor:
+    """Σ over the later entries of each entry's segment (exclusive, towards the segment's end) of
+    ``values`` [M]: :func:`segment_exclusive_cumsum` the other way round (the compositing's backward)."""
+    if len(values) == 0:  # no entries: no segments either
+        return values
+    inclusive = torch.cumsum(values, 0)
+    last = torch.cat([first[1:] - 1, first.new_tensor([len(values) - 1])])
+    return inclusive.index_select(0, last).index_select(0, segment) - inclusive
