@@ -14,8 +14,7 @@ from threestudio_like.kernels import build
 @pytest.fixture(scope="module", autouse=True)
 def kernels():
     if not build.library_loaded():
-        reason = "turned off by THREESTUDIO_LIKE_CPU_KERNELS" if build.disabled_by_environment() else build._STATE.get("error")
-        pytest.skip(f"the CPU kernels cannot be built here: {reason}")
+        pytest.skip(f"the CPU kernels cannot be built here: {build.unavailable_reason()}")
 
 
 def both_paths(module, run):

@@ -99,6 +99,11 @@ def _load() -> bool:
     return True
 
 
+def unavailable_reason() -> str:
+    """Why the kernels are not in use (after ``library_loaded`` returned False)."""
+    return "turned off by THREESTUDIO_LIKE_CPU_KERNELS" if disabled_by_environment() else str(_STATE.get("error"))
+
+
 def use_kernels(choice: Any, *tensors: torch.Tensor) -> bool:
     """Whether to run a compiled kernel on ``tensors`` for a config's ``choice`` (auto | True | False):
     only for CPU tensors; ``auto`` falls back to the torch path when the kernels did not build."""
@@ -107,15 +112,14 @@ def use_kernels(choice: Any, *tensors: torch.Tensor) -> bool:
     if library_loaded():
         return True
     if choice is True:
-        reason = "they are turned off by THREESTUDIO_LIKE_CPU_KERNELS" if disabled_by_environment() else _STATE.get("error")
-        raise RuntimeError(f"cpu_kernel=true but the CPU kernels are unavailable ({reason}); set cpu_kernel=auto or false")
+        raise RuntimeError(f"cpu_kernel=true but the CPU kernels are unavailable ({unavailable_reason()}); set cpu_kernel=auto or false")
     return False
 
 
 def build_report() -> str:
     """One line for ``python -m threestudio_like.kernels``."""
     if not library_loaded():
-        return "CPU kernels unavailable: " + ("turned off by THREESTUDIO_LIKE_CPU_KERNELS" if disabled_by_environment() else str(_STATE.get("error")))
+        return f"CPU kernels unavailable: {unavailable_reason()}"
     built = _STATE.get("build_s", 0.0)
     how = f"compiled in {built:.0f} s" if built else "already built"
     return f"CPU kernels ready ({how}) in {build_directory()}"
