@@ -109,6 +109,27 @@ def test_convert_options_apply_to_their_source_type_only_and_bad_ones_are_one_li
         assert "system.geometry_convert_options.implicit-volume" in err and says in err
 
 
+@pytest.mark.parametrize("override, says", [
+    ("system.geometry_convert_options.gaussian-splating.convert_closing_radius=0.1", "'gaussian-splating' is not a geometry type"),
+    ("system.geometry_convert_threshold.gaussian-splating=0.3", "'gaussian-splating' is not a geometry type"),
+    ("system.geometry_convert_threshold.gaussian-splatting=-1", "geometry_convert_threshold.gaussian-splatting=-1.0 must be a density level > 0"),
+    ("system.geometry_convert_threshold.gaussian-splatting=0", "must be a density level > 0"),
+    ("system.geometry_convert_options.gaussian-splatting=3", "gaussian-splatting=3 must be a mapping"),
+    ("system.geometry_convert_options.gaussian-splatting.convert_closing_radius=-1", "convert_closing_radius=-1 must lie in"),
+])
+def test_bad_convert_tables_stop_at_start_up_with_one_line_even_without_a_source_run(tmp_path, capsys, override, says):
+    """A misspelt source type would never apply: it is refused where the config is read, as are bad
+    levels and options, before any run folder exists (no geometry_convert_from needed)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = main(["--config", str(root / "configs/refine-geometry.yaml"), "--train", f"exp_root_dir={tmp_path / 'out'}", override, *SMALL])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert says in err, err
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage_and_prior_references_must_agree(coarse_run, tmp_path, capsys):
     root, _ = coarse_run
     code = main(["--config", str(root / "configs/sds-nerf.yaml"), "--train", f"exp_root_dir={tmp_path}",

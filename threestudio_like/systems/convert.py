@@ -12,11 +12,12 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 
-from threestudio_like.registry import lookup
+from threestudio_like.registry import lookup, names
 from threestudio_like.utils.atomic import write_text
 
 RECORD_NAME = "convert_from.json"
@@ -79,8 +80,8 @@ def load_source_geometry(path: str | os.PathLike, thresholds: dict[str, float] |
 def with_source_options(geometry_cfg: Any, options: dict[str, Any], source_type: str) -> Any:
     """geometry_cfg with ``options[source_type]`` (system.geometry_convert_options) applied; unknown
     or bad options are one-line ``ValueError``s naming them."""
-    own = dict(options.get(source_type) or {})
     where = f"system.geometry_convert_options.{source_type}"
+    own = dict(options.get(source_type) or {})  # a mapping (check_source_tables)
     known = {f.name for f in dataclasses.fields(geometry_cfg)}
     unknown = sorted(set(own) - known)
     if unknown:
@@ -89,6 +90,31 @@ def with_source_options(geometry_cfg: Any, options: dict[str, Any], source_type:
         return dataclasses.replace(geometry_cfg, **own)
     except (ValueError, TypeError) as error:
         raise ValueError(f"{where}: {str(error).splitlines()[0]}") from None
+
+
+def check_source_tables(thresholds: dict[str, Any], options: dict[str, Any]) -> None:
+    """system.geometry_convert_threshold and _options where they are parsed: every key a registered
+    geometry type (a misspelt one would never apply), every threshold a number > 0, every option set
+    a mapping. One-line ``ValueError``s; the options themselves are checked by ``check_source_options``."""
+    known = names("geometry")
+    for key, table in (("geometry_convert_threshold", thresholds), ("geometry_convert_options", options)):
+        for source in table:
+            if source not in known:
+                raise ValueError(f"system.{key}.{source}: {source!r} is not a geometry type; use one of {', '.join(known)}")
+    for source, level in thresholds.items():
+        if isinstance(level, bool) or not isinstance(level, (int, float)) or not level > 0:
+            raise ValueError(f"system.geometry_convert_threshold.{source}={level!r} must be a density level > 0")
+    for source, own in options.items():
+        if own is not None and not isinstance(own, Mapping):
+            raise ValueError(f"system.geometry_convert_options.{source}={own!r} must be a mapping of system.geometry "
+                             "options, e.g. {convert_closing_radius: 0.06}")
+
+
+def check_source_options(geometry_cfg: Any, options: dict[str, Any]) -> None:
+    """Every option set of system.geometry_convert_options applied to the typed system.geometry (once
+    the config is typed, before a system is built), so that a bad one stops the run at start-up."""
+    for source in options:
+        with_source_options(geometry_cfg, options, source)
 
 
 def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:

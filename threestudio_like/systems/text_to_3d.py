@@ -18,6 +18,7 @@ from threestudio_like.data.cameras import Cameras
 from threestudio_like.export import ExportConfig
 from threestudio_like.prompts import Prompt, PromptConfig
 from threestudio_like.registry import lookup, register
+from threestudio_like.systems.convert import check_source_options, check_source_tables
 from threestudio_like.utils.schedules import check_schedule, schedule_value
 from threestudio_like.utils.checks import BadValue, check_at_least, check_between, check_length, schedule_points
 
@@ -92,6 +93,7 @@ class TextTo3DConfig:
 
     def __post_init__(self) -> None:
         check_choice(self.stage, STAGES, "stage")
+        check_source_tables(self.geometry_convert_threshold, self.geometry_convert_options)
         for key, value in self.loss.items():
             if not key.startswith("lambda_"):
                 raise ValueError(f"loss.{key}: loss weights are named lambda_<term>, e.g. lambda_sparsity")
@@ -127,6 +129,7 @@ class TextTo3DSystem(nn.Module):
     def __init__(self, cfg: TextTo3DConfig, sampler, device: torch.device) -> None:
         super().__init__()
         check_stage_references(cfg)
+        check_source_options(cfg.geometry, cfg.geometry_convert_options)
         self.cfg, self.sampler, self.device = cfg, sampler, torch.device(device)
         self.geometry = build("geometry", cfg.geometry_type, cfg.geometry).to(self.device)
         self.material = build("material", cfg.material_type, cfg.material).to(self.device)
