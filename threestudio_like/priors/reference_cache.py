@@ -12,6 +12,7 @@ tensor, bit for bit what the render gives.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Optional
@@ -44,9 +45,14 @@ def render_fingerprint(scene: Scene, cameras: Cameras, supersample: int) -> str:
     digest.update(repr((scene.shapes, scene.radius, cameras.width, cameras.height, supersample)).encode())
     for tensor in (cameras.c2w, cameras.fovy):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    for module in _SOURCES:
-        digest.update(Path(module.__file__).read_bytes())
+    digest.update(_sources_digest())
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def _sources_digest() -> bytes:
+    """The tracer's and shader's source files hashed (once a process: they do not change under it)."""
+    return hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in _SOURCES)).digest()
 
 
 class ReferenceCache:
