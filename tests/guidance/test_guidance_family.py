@@ -9,7 +9,8 @@ from torch import nn
 from threestudio_like.config import ConfigError, load_config, parse_structured
 from threestudio_like.data.cameras import orbit_cameras
 from threestudio_like.guidance.asd import ASD, ASDConfig
-from threestudio_like.guidance.csm import CSM, ISM, CSMConfig, ISMConfig
+from threestudio_like.guidance.csm import CSM, CSMConfig
+from threestudio_like.guidance.ism import ISM, ISMConfig
 from threestudio_like.guidance.esd import ESD, ESDConfig
 from threestudio_like.guidance.vsd import VSD, VSDConfig
 from threestudio_like.priors.base import VariationalScore

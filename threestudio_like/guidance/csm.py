@@ -1,4 +1,4 @@
-"""CSM — Classifier Score Matching (TV-3DG), and ISM (LucidDreamer) which shares its noising.
+"""CSM — Classifier Score Matching (TV-3DG); ISM (guidance/ism.py) shares its noising.
 
 Two changes to SDS: keep only the classifier term s_c (ε(x_t; y) − ε(x_t; ∅)), and noise the render
 deterministically by DDIM inversion with the prior's unconditional prediction, so the same render
@@ -81,22 +81,3 @@ class CSM(ScoreDistillation):
         x_t, _ = self.invert(x, t, conds)
         eps_cond, eps_null, _ = self.predict(x_t, t, conds)
         return self.cfg.guidance_scale * (eps_cond - eps_null)
-
-
-@dataclass
-class ISMConfig(CSMConfig):
-    weighting: str = "ism"  # √((1 − ᾱ_t) / ᾱ_t)
-    # LucidDreamer's warm-up: t_max 0.98 → 0.5 and δ_t 100 → 50 over the first 1500 steps
-    max_step_percent: Any = field(default_factory=lambda: [0, 0.98, 0.5, 1500])
-    delta_t: Any = field(default_factory=lambda: [0, 100, 50, 1500])
-
-
-@register("guidance", "ism")
-class ISM(CSM):
-    """Interval Score Matching: g = w(t) (ε_s(x_t; y, t) − ε(x_s; ∅, s)) on the same inversion."""
-
-    Config = ISMConfig
-
-    def direction(self, x: Tensor, t: Tensor, conds: Conditions) -> Tensor:
-        x_t, eps_s = self.invert(x, t, conds)
-        return self.cfg_eps(x_t, t, conds, self.cfg.guidance_scale) - eps_s
