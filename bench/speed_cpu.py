@@ -129,8 +129,9 @@ def adam_cost(system) -> tuple[float, float]:
 
 
 def set_cpu_kernels(system, choice) -> None:
-    """The NeRF system's hash grid and volume renderer on the compiled kernels (True) or the torch path (False)."""
+    """The NeRF system's hash grid, MLP and volume renderer on the compiled kernels (True) or the torch path (False)."""
     system.geometry.encoding.cfg.cpu_kernel = choice
+    system.geometry.cfg.cpu_kernel = choice
     system.renderer.cfg.cpu_kernel = choice
 
 
@@ -193,7 +194,7 @@ def nerf_tables(args, rates: SimpleNamespace, trained: tuple) -> tuple[dict[bool
     cameras = system.sampler.sample()
     points = captured_samples(system, cameras)
     unit = (points / geometry.radius + 1.0) * 0.5
-    encoding, network = geometry.encoding, geometry.network
+    encoding = geometry.encoding
     M = len(points)
     grad_feat, grad_out = torch.randn(M, encoding.output_dim), torch.randn(M, 4)
     features = encoding(unit).detach().requires_grad_(True)
@@ -202,14 +203,14 @@ def nerf_tables(args, rates: SimpleNamespace, trained: tuple) -> tuple[dict[bool
         encoding(unit).backward(grad_feat)
 
     def mlp_fb():
-        network(features).backward(grad_out)
+        geometry.run_network(features).backward(grad_out)
 
     def render_fb():
         system.render(cameras, shading="albedo", training=True)["rgb"].sum().backward()
 
     paths = (True, False)
-    fns = [on_path(system, c, fn) for c in paths for fn in (hash_fb, render_fb)] + [mlp_fb]
-    hash_k, render_k, hash_t, render_t, t_mlp = interleaved_ms(fns, args.repeats)
+    fns = [on_path(system, c, fn) for c in paths for fn in (hash_fb, mlp_fb, render_fb)]
+    hash_k, mlp_k, render_k, hash_t, mlp_t, render_t = interleaved_ms(fns, args.repeats)
     out = system.render(cameras, shading="albedo", training=True)
     t_guidance, t_adam = guidance_and_adam(system, out, cameras, args.repeats)
     system.zero_grad(set_to_none=True)
@@ -217,9 +218,9 @@ def nerf_tables(args, rates: SimpleNamespace, trained: tuple) -> tuple[dict[bool
     steps = [on_path(system, c, lambda: system.training_step(next(counter), max_steps)) for c in paths]
     step_k, step_t = interleaved_ms(steps, args.repeats)
     set_cpu_kernels(system, "auto")
-    times = {True: (hash_k, render_k, step_k), False: (hash_t, render_t, step_t)}
+    times = {True: (hash_k, mlp_k, render_k, step_k), False: (hash_t, mlp_t, render_t, step_t)}
     tables = {c: nerf_table(system, cameras, M, (t_hash, t_mlp, t_render, t_guidance, t_adam, t_step), rates)
-              for c, (t_hash, t_render, t_step) in times.items()}
+              for c, (t_hash, t_mlp, t_render, t_step) in times.items()}
     R, S = len(cameras) * cameras.height * cameras.width, math.ceil(2 * renderer.grid.radius / renderer.step_size())
     L, n_refs = encoding.active_levels, n_references(system, cameras)
     print(f"NeRF demo step: {M} samples of {R}·{S}, {L} levels, {n_refs} references; whole step "

@@ -3,6 +3,10 @@
 Points live in the ball of radius ``radius``; the box [−radius, radius]^3 is mapped to [0,1]^3 for
 the encoding, and density is zero outside the ball. A fresh field is a soft blob (``density_bias``),
 so the first renders show an object for the prior to shape rather than empty space.
+
+On a CPU the network runs, by default, as one compiled fused forward and backward over tiles of
+rows (threestudio_like/kernels: the same function, to float rounding); ``cpu_kernel: false``
+keeps nn.Sequential, which also runs where the kernels cannot be built.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from torch import Tensor, nn
 from threestudio_like.config import check_choice
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
+from threestudio_like.kernels import kernel_choice, use_kernels
+from threestudio_like.kernels.mlp import fused_mlp, relu_stack_weights
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_above, check_at_least, check_learning_rates
 
@@ -35,8 +41,10 @@ class ImplicitVolumeConfig:
     lr_encoding: float = 0.01
     lr_network: float = 0.001
     isosurface_threshold: float = 25.0
+    cpu_kernel: Any = "auto"  # the network: auto (the compiled fused MLP when it builds) | true | false (nn.Sequential)
 
     def __post_init__(self) -> None:
+        self.cpu_kernel = kernel_choice(self.cpu_kernel, "cpu_kernel")
         check_choice(self.density_activation, ("softplus", "exp"), "density_activation")
         check_choice(self.density_bias, ("blob_magic3d", "blob_dreamfusion", "none"), "density_bias")
         check_choice(self.normal_type, ("finite_difference",), "normal_type")
@@ -106,10 +114,18 @@ class ImplicitVolume(Geometry):
     def _fields(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """points [N,3] (world) → (density [N] ≥ 0, zero outside the ball; albedo logits [N,3])."""
         unit = (points / self.radius + 1.0) * 0.5
-        out = self.network(self.encoding(unit))
+        out = self.run_network(self.encoding(unit))
         density = self.activate_density(out[:, 0] + self.density_bias(points))
         inside = points.square().sum(-1) <= self.radius**2
         return torch.where(inside, density, torch.zeros_like(density)), out[:, 1:]
+
+    def run_network(self, features: Tensor) -> Tensor:
+        """features [N, encoding.output_dim] → the network's outputs [N,4], on the fused CPU kernel when chosen."""
+        weights = relu_stack_weights(self.network)
+        if weights is not None and all(w.dtype == features.dtype for w in weights) and features.dtype in (torch.float32, torch.float64):
+            if use_kernels(self.cfg.cpu_kernel, features, *weights):
+                return fused_mlp(features, weights)
+        return self.network(features)
 
     def forward(self, points: Tensor, with_normal: bool = False) -> dict[str, Tensor]:
         """points [N,3] (world) → density [N], albedo [N,3] in (0,1), and normal [N,3] if asked."""

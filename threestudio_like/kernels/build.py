@@ -8,7 +8,8 @@ registers its operators under ``torch.ops.threestudio_like_cpu``.
 
 ``-march=native`` lets the index and weight loops use the machine's vector units;
 ``-ffp-contract=off`` keeps a·b + c two roundings, as PyTorch's own kernels do, so that the
-kernels give the torch path's floats. ``THREESTUDIO_LIKE_CPU_KERNELS=0`` turns the kernels off
+kernels give the torch path's floats (the fused MLP, whose sums differ from a BLAS product's in
+order anyway, turns fused multiply-adds back on for its own file). ``THREESTUDIO_LIKE_CPU_KERNELS=0`` turns the kernels off
 everywhere (nothing is compiled); a build that fails warns once and leaves the torch path in use.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 SOURCES = sorted((Path(__file__).parent / "csrc").glob("*.cpp"))
 CFLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fopenmp")
 LDFLAGS = ("-fopenmp",)
-EXPECTED_BUILD_S = 40  # CPU seconds of the two translation units on a 2-core machine (docs/BENCHMARKS.md)
+EXPECTED_BUILD_S = 50  # CPU seconds of the three translation units on a 2-core machine (docs/BENCHMARKS.md)
 CHOICES = {"auto": "auto", True: True, False: False, "true": True, "false": False}
 _STATE: dict[str, Any] = {}  # "ok": bool once a build was tried; "error": its first line
 

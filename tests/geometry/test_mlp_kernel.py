@@ -1,0 +1,136 @@
+"""The fused CPU MLP (threestudio_like/kernels/csrc/mlp.cpp) gives the plain matrix products'
+outputs and gradients to float rounding: random inputs, every row count around the kernel's tile
+(64 or 128 rows), any number of hidden layers, strided inputs, NaN; and the implicit volume's
+fields on both paths. Skipped, with the reason, where the kernels cannot be built."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from threestudio_like.geometry.hashgrid import HashGridConfig
+from threestudio_like.geometry.nerf import ImplicitVolume, ImplicitVolumeConfig, make_mlp
+from threestudio_like.kernels import build
+from threestudio_like.kernels.mlp import fused_mlp, relu_stack_weights
+
+
+@pytest.fixture(scope="module", autouse=True)
+def kernels():
+    if not build.library_loaded():
+        pytest.skip(f"the CPU kernels cannot be built here: {build.unavailable_reason()}")
+
+
+def textbook(x: torch.Tensor, weights: list[torch.Tensor]) -> torch.Tensor:
+    """y = W_L·max(0, …max(0, W_0·x)) row by row, as matrix products."""
+    h = x
+    for i, w in enumerate(weights):
+        h = h @ w.t()
+        if i < len(weights) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def outputs_and_grads(fn, x: torch.Tensor, weights: list[torch.Tensor], probe: torch.Tensor):
+    leaves = [x.detach().requires_grad_(True)] + [w.detach().clone().requires_grad_(True) for w in weights]
+    y = fn(leaves[0], leaves[1:])
+    grads = torch.autograd.grad((y * probe).sum(), leaves) if len(y) else [torch.zeros_like(t) for t in leaves]
+    return y.detach(), grads
+
+
+def random_network(widths: list[int], dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
+    torch.manual_seed(seed)
+    return [torch.randn(b, a, dtype=dtype) / a**0.5 for a, b in zip(widths[:-1], widths[1:])]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("widths", [[16, 64, 4], [5, 7, 3], [16, 64, 64, 4], [6, 3]])
+def test_fused_mlp_matches_the_matrix_products(widths, dtype):
+    weights = random_network(widths, dtype, seed=len(widths))
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for n in (0, 1, 63, 64, 65, 127, 128, 129, 1000):
+        x = torch.randn(n, widths[0], dtype=dtype)
+        probe = torch.randn(n, widths[-1], dtype=dtype)
+        (k_y, k_grads), (t_y, t_grads) = (outputs_and_grads(fn, x, weights, probe) for fn in (fused_mlp, textbook))
+        assert k_y.shape == (n, widths[-1])
+        torch.testing.assert_close(k_y, t_y, **tol, msg=f"{n} rows: outputs")
+        for i, (k, t) in enumerate(zip(k_grads, t_grads)):
+            torch.testing.assert_close(k, t, **tol, msg=f"{n} rows: gradient {i}")
+        if n:  # a lumpy network: some hidden units off, some on, so both sides of the ReLU are exercised
+            hidden = torch.relu(x @ weights[0].t()) if len(weights) > 1 else None
+            assert hidden is None or (0 < (hidden == 0).float().mean() < 1)
+
+
+def test_strided_inputs_give_the_same_numbers():
+    """Row-major, feature-major (the hash grid's layout for the kernel) and a sliced view."""
+    weights = random_network([16, 64, 4], torch.float32, seed=0)
+    wide = torch.randn(300, 40)
+    x = wide[:, 3:19]  # strides (40, 1)
+    probe = torch.randn(300, 4)
+    reference = outputs_and_grads(textbook, x.contiguous(), weights, probe)
+    for layout in (x, x.contiguous(), x.t().contiguous().t()):
+        y, grads = outputs_and_grads(fused_mlp, layout, weights, probe)
+        torch.testing.assert_close(y, reference[0], rtol=1e-5, atol=1e-5)
+        for k, t in zip(grads, reference[1]):
+            torch.testing.assert_close(k, t, rtol=1e-5, atol=1e-5)
+
+
+def test_nan_propagates_as_in_the_matrix_products():
+    weights = random_network([8, 32, 4], torch.float32, seed=3)
+    x = torch.randn(200, 8)
+    x[17, 2] = float("nan")
+    probe = torch.randn(200, 4)
+    (k_y, k_grads), (t_y, t_grads) = (outputs_and_grads(fn, x, weights, probe) for fn in (fused_mlp, textbook))
+    assert torch.isnan(k_y[17]).all() and not torch.isnan(k_y[torch.arange(200) != 17]).any()
+    torch.testing.assert_close(k_y, t_y, rtol=1e-5, atol=1e-5, equal_nan=True)
+    for k, t in zip(k_grads, t_grads):
+        assert torch.equal(torch.isnan(k), torch.isnan(t))
+        torch.testing.assert_close(k, t, rtol=1e-5, atol=1e-5, equal_nan=True)
+
+
+def test_two_threads_agree_with_one():
+    weights = random_network([16, 64, 4], torch.float32, seed=4)
+    x, probe = torch.randn(5000, 16), torch.randn(5000, 4)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(outputs_and_grads(fused_mlp, x, weights, probe))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0])  # rows are independent: the outputs are identical
+    for a, b in zip(results[0][1], results[1][1]):  # the weights' sums are split by chunk: rounding only
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_only_the_bias_free_relu_stack_goes_to_the_kernel():
+    assert relu_stack_weights(make_mlp(16, 4, 64, 2)) is not None
+    assert relu_stack_weights(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2, bias=False))) is None
+    assert relu_stack_weights(torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Tanh(), torch.nn.Linear(4, 2, bias=False))) is None
+
+
+def test_implicit_volume_fields_match_on_both_paths():
+    encoding = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, start_level=4)
+    cfg = ImplicitVolumeConfig(pos_encoding=encoding, mlp_hidden_layers=2)
+    geometry = ImplicitVolume(cfg)
+    with torch.no_grad():
+        geometry.encoding.table.normal_(0.0, 1.0)
+    points = torch.rand(777, 3) * 2.0 - 1.0
+    params = list(geometry.parameters())
+
+    def run(choice):
+        geometry.cfg.cpu_kernel = choice
+        out = geometry(points)
+        loss = (out["density"] * torch.linspace(-1, 1, len(points))).sum() + (out["albedo"] * 0.3).sum()
+        return out, torch.autograd.grad(loss, params)
+
+    (k_out, k_grads), (t_out, t_grads) = run(True), run(False)
+    for key in ("density", "albedo"):
+        torch.testing.assert_close(k_out[key], t_out[key], rtol=1e-5, atol=1e-5, msg=key)
+    for k, t in zip(k_grads, t_grads):
+        torch.testing.assert_close(k, t, rtol=1e-4, atol=1e-5 * float(t.abs().max()))
+
+
+def test_cpu_kernel_key_of_the_implicit_volume():
+    with pytest.raises(ValueError, match="cpu_kernel='fast' is not accepted; use one of auto, true, false"):
+        ImplicitVolumeConfig(cpu_kernel="fast")
+    assert ImplicitVolumeConfig(cpu_kernel="false").cpu_kernel is False
