@@ -4,9 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import trimesh
 from scipy import ndimage
 
 from threestudio_like.config import ConfigError, parse_structured
+from threestudio_like.geometry import marching_tets as mt
 from threestudio_like.geometry import morphology
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.registry import lookup
@@ -86,9 +88,10 @@ def test_closing_fills_a_hole_narrower_than_its_diameter_and_keeps_a_wider_one()
 
 def test_cavities_are_filled_and_closing_never_drops_inside_voxels():
     shell = lambda p: torch.minimum(0.4 - p.norm(dim=-1), p.norm(dim=-1) - 0.2)  # noqa: E731
-    assert pieces(converted(shell)[1]) == 2  # outer and inner surface
-    _, solid = converted(shell, convert_fill_cavities=True)
-    assert pieces(solid) == 1 and solid.volume == pytest.approx(4 / 3 * np.pi * 0.4**3, rel=0.05)
+    assert pieces(converted(shell, convert_fill_cavities=False)[1]) == 2  # outer and inner surface
+    for closing in (0.0, 0.05):  # on the lattice (plain conversion) and on the finer cleaned grid
+        _, solid = converted(shell, convert_closing_radius=closing)  # filling is the default
+        assert pieces(solid) == 1 and solid.volume == pytest.approx(4 / 3 * np.pi * 0.4**3, rel=0.05)
     rng = np.random.default_rng(0)
     noise = rng.random((24, 24, 24)) > 0.7
     assert (morphology.close(noise, 1.5) >= noise).all()
@@ -118,7 +121,51 @@ def test_edt_signed_distance_of_a_sphere_matches_the_true_distance():
     assert ndimage.label(morphology.close(inside, 2.0))[1] == 1
 
 
+def test_a_floater_is_dropped_and_a_second_object_kept():
+    main, second = ball((-0.35, 0.0, 0.0), 0.4), ball((0.55, 0.0, 0.0), 0.25)  # 4 cells apart
+    floater = ball((0.5, 0.6, 0.6), 0.07)  # about 6 lattice vertices inside, the main ball about 1100
+    scene = union(main, second, floater)
+    _, everything = converted(scene, convert_min_part_fraction=0.0)
+    assert pieces(everything) == 3
+    _, cleaned = converted(scene)  # the default fraction, 0.01 of the largest part
+    assert pieces(cleaned) == 2
+    assert np.linalg.norm(cleaned.vertices - [0.5, 0.6, 0.6], axis=1).min() > 0.3
+    _, strict = converted(scene, convert_min_part_fraction=0.5)  # the second object has 0.24 of the main's volume
+    assert pieces(strict) == 1 and strict.vertices[:, 0].max() < 0.1
+
+
+def lattice_pieces(occupancy):
+    """Connected pieces of marching tetrahedra's surface of an occupancy [n,n,n] (vertex values ±1)."""
+    r = occupancy.shape[0] - 1
+    sdf = torch.from_numpy(np.where(occupancy, 1.0, -1.0).reshape(-1)).float()
+    v, f = mt.marching_tetrahedra(lambda ids: mt.lattice_points(ids, r, torch.zeros(3), 1.0), sdf, r)
+    return pieces(trimesh.Trimesh(v.numpy(), f.numpy()))
+
+
+def test_cavities_and_parts_are_found_in_marching_tetrahedras_own_connectivity():
+    # the Kuhn tetrahedra's edges: axis steps, face diagonals e_a + e_b and the main diagonal, both ways
+    steps = [np.eye(3, dtype=int)[i] for i in range(3)]
+    expected = {tuple(s) for s in steps} | {tuple(steps[a] + steps[b]) for a in range(3) for b in range(a + 1, 3)} | {(1, 1, 1)}
+    expected |= {tuple(-np.array(e)) for e in expected} | {(0, 0, 0)}
+    assert {tuple(o - 1) for o in np.argwhere(mt.KUHN_NEIGHBOURS)} == expected
+    for direction, opens in (((1, 1, 1), True), ((1, -1, -1), False)):
+        solid = np.zeros((13, 13, 13), dtype=bool)
+        solid[1:12, 1:12, 1:12] = True
+        for k in range(6):  # an empty chain from the centre to the outside, one diagonal step at a time
+            solid[tuple(6 + k * np.array(direction))] = False
+        assert (lattice_pieces(solid) == 1) == opens  # closed off: each empty vertex is its own inner shell
+        filled = morphology.fill_cavities(solid, mt.KUHN_NEIGHBOURS)
+        assert (filled == solid).all() == opens and lattice_pieces(filled) == 1
+        assert morphology.fill_cavities(solid)[6, 6, 6]  # in 6-connectivity every diagonal chain is enclosed
+    parts = np.zeros((12, 12, 12), dtype=bool)
+    parts[1:6, 1:6, 1:6] = True
+    parts[6, 6, 6] = parts[7, 5, 5] = True  # one (1,1,1) step from the block: the same part; (1,-1,-1) on: apart
+    kept = morphology.drop_small_parts(parts, 0.5, mt.KUHN_NEIGHBOURS)
+    assert kept[6, 6, 6] and not kept[7, 5, 5] and kept.sum() == 126
+
+
 @pytest.mark.parametrize("key, value, accepted", [
+    ("convert_min_part_fraction", -0.1, "must lie in [0, 1]"),
     ("convert_closing_radius", -0.1, "must lie in [0, radius=1.0)"),
     ("convert_closing_radius", 2.0, "must lie in [0, radius=1.0)"),
     ("convert_supersample", 0, "an integer from 1 to 4"),

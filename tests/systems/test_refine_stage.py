@@ -100,7 +100,7 @@ def test_convert_options_apply_to_their_source_type_only_and_bad_ones_are_one_li
     splats = with_source_options(system.geometry, system.geometry_convert_options, "gaussian-splatting")
     assert splats.convert_closing_radius == 0.06 and splats.convert_fill_cavities  # configs/base/refine.yaml
     nerf = with_source_options(system.geometry, system.geometry_convert_options, "implicit-volume")
-    assert nerf.convert_closing_radius == 0.0 and not nerf.convert_fill_cavities and nerf == system.geometry
+    assert nerf.convert_closing_radius == 0.0 and nerf.convert_fill_cavities and nerf == system.geometry
     for option, says in (("convert_closing_radius=-1", "convert_closing_radius=-1"), ("closing=1", "closing is not an option")):
         code = main(["--config", str(root / "configs/refine-geometry.yaml"), "--train", f"exp_root_dir={tmp_path / 'out'}",
                      f"system.geometry_convert_from={run}", f"system.geometry_convert_options.implicit-volume.{option}", *SMALL])

@@ -78,7 +78,22 @@ def triangle_table() -> tuple[np.ndarray, np.ndarray]:
     return tris, counts
 
 
+def kuhn_neighbours() -> np.ndarray:
+    """[3,3,3] bool: the lattice offsets (−1…1 per axis, centre at [1,1,1]) that some Kuhn tetrahedron's
+    edge joins: the 6 axis steps, the 6 face diagonals ±(e_a + e_b) and ±(1,1,1), 14 in all, and the
+    centre. Inside (or outside) vertices joined this way are one region for marching tetrahedra; as a
+    ``scipy.ndimage`` structure it is their connectivity."""
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1, 1, 1] = True
+    for tet in kuhn_tetrahedra():
+        for a, b in TET_EDGES:
+            step = CORNERS[tet[b]] - CORNERS[tet[a]]
+            structure[tuple(1 + step)] = structure[tuple(1 - step)] = True
+    return structure
+
+
 KUHN_TETS = kuhn_tetrahedra()
+KUHN_NEIGHBOURS = kuhn_neighbours()
 TRI_TABLE, TRI_COUNT = triangle_table()
 
 

@@ -10,6 +10,7 @@ cubes, not balls). Everything beyond the array counts as outside.
   holes and cracks narrower than 2r, and leaves convex outlines where they were (the closing of a
   convex set is the set itself); it never removes an inside voxel.
 - :func:`fill_cavities`: inside voxels for every empty region that does not reach the outside.
+- :func:`drop_small_parts`: outside voxels for every inside part much smaller than the largest.
 - :func:`signed_distance`: a true signed distance of an occupancy (positive inside), with the surface
   halfway between inside and outside voxel centres, refined to sub-voxel accuracy next to the surface
   where a first-order estimate of the same sign is given.
@@ -57,10 +58,25 @@ def close(occupancy: np.ndarray, radius: float) -> np.ndarray:
     return _cropped(erode(dilate(_padded(occupancy, width), radius), radius), width)
 
 
-def fill_cavities(occupancy: np.ndarray) -> np.ndarray:
-    """occupancy [X,Y,Z] bool → [X,Y,Z] bool with every enclosed empty region filled (6-connected
-    empty space that does not reach the array's border is a cavity)."""
-    return ndimage.binary_fill_holes(occupancy.astype(bool))
+def fill_cavities(occupancy: np.ndarray, structure: Optional[np.ndarray] = None) -> np.ndarray:
+    """occupancy [X,Y,Z] bool → [X,Y,Z] bool with every enclosed empty region filled: empty space
+    that does not reach the array's border through ``structure``'s neighbours (a [3,3,3] bool
+    connectivity; default the 6 face neighbours) is a cavity."""
+    return ndimage.binary_fill_holes(occupancy.astype(bool), structure=structure)
+
+
+def drop_small_parts(occupancy: np.ndarray, fraction: float, structure: Optional[np.ndarray] = None) -> np.ndarray:
+    """occupancy [X,Y,Z] bool → [X,Y,Z] bool without the connected inside parts (``structure``'s
+    connectivity, default 6) of fewer than ``fraction`` × the largest part's voxels; the largest
+    always stays, ``fraction`` 0 keeps everything."""
+    labels, count = ndimage.label(occupancy.astype(bool), structure=structure)
+    if count < 2 or fraction <= 0:
+        return occupancy.astype(bool)
+    sizes = np.bincount(labels.reshape(-1))
+    sizes[0] = 0  # the empty space
+    keep = sizes >= fraction * sizes.max()
+    keep[0] = False
+    return keep[labels]
 
 
 def signed_distance(occupancy: np.ndarray, estimate: Optional[np.ndarray] = None) -> np.ndarray:

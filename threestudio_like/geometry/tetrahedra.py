@@ -57,9 +57,12 @@ class TetrahedraSDFGridConfig:
     fit_grid_to_surface: bool = True  # create_from: the lattice covers the coarse surface's bounding cube
     level_from_silhouettes: bool = True  # create_from Gaussians: the level their own renders show (see tetrahedra_level.py)
     grid_margin: float = 0.1  # ... enlarged by this fraction of its side on every side
-    # create_from's cleaning of the stage-1 occupancy (geometry/morphology.py; off when both are off):
+    # create_from's cleaning of the stage-1 occupancy (geometry/morphology.py, tetrahedra_init.py):
     convert_closing_radius: float = 0.0  # world units: joins parts closer than 2×, fills cracks narrower; 0 = off
-    convert_fill_cavities: bool = False  # fill enclosed empty regions
+    # fill enclosed empty regions (a field hollow inside its surface: an inner shell no view sees)
+    convert_fill_cavities: bool = True
+    # drop inside parts with fewer lattice vertices than this fraction of the largest part's (floaters); 0 = off
+    convert_min_part_fraction: float = 0.01
     convert_supersample: int = 2  # sampling voxels per lattice cell while cleaning
     sdf_clamp: float = 2.0  # |sdf| limit in cells (every crossing edge is at most √3 cells long)
     init_radius: float = 0.5  # a fresh grid holds a sphere of this radius
@@ -93,6 +96,9 @@ class TetrahedraSDFGridConfig:
         if not 0.0 <= self.convert_closing_radius < self.radius:
             raise ValueError(f"convert_closing_radius={self.convert_closing_radius} must lie in [0, radius={self.radius}) "
                              "(world units; 0 = no closing)")
+        if not 0.0 <= self.convert_min_part_fraction <= 1.0:
+            raise ValueError(f"convert_min_part_fraction={self.convert_min_part_fraction} must lie in [0, 1] "
+                             "(of the largest part's volume; 0 = keep every part)")
         if not 1 <= self.convert_supersample <= 4:
             raise ValueError(f"convert_supersample={self.convert_supersample} must be an integer from 1 to 4")
         if self.mlp_neurons < 1 or self.mlp_hidden_layers < 0 or self.color_fit_steps < 0 or self.color_fit_points < 1:

@@ -11,7 +11,7 @@ itself; only then is the density sampled at the conversion's resolution.
 
 The level becomes a signed distance in cells in one of two ways:
 
-- plain (``convert_closing_radius`` 0, ``convert_fill_cavities`` off): the density minus the level over
+- plain (``convert_closing_radius`` 0): the density minus the level over
   its own gradient magnitude (central differences on the lattice), a first-order distance with the same
   zero set and signs; it keeps the crossings where the field is steep (threestudio clamps the raw level
   to ±1 instead, which pulls every crossing toward the edge midpoint on a steep field);
@@ -22,6 +22,12 @@ The level becomes a signed distance in cells in one of two ways:
   vertices. The closing joins parts of a splat model that its renders show touching (the ball that
   floats a few hundredths above the box at the export level) with a fillet, not a neck, and fills
   cracks and holes narrower than the ball, without fattening convex outlines.
+
+Either way the lattice's signs are then made one solid in marching tetrahedra's own connectivity
+(``KUHN_NEIGHBOURS``, :func:`solid_topology`): enclosed outside regions become inside
+(``convert_fill_cavities``: a NeRF hollow inside its ball would otherwise become an inner shell, a
+second piece of the asset that no view sees) and inside parts with fewer vertices than
+``convert_min_part_fraction`` of the largest become outside (floaters).
 
 Colour: copied when ``other`` carries the same kind of colour field (the NeRF's hash grid + MLP with
 the same encoding config, network shape and radius; the NeRF's density output row is dropped);
@@ -55,8 +61,8 @@ def query(fn: Callable[[Tensor], Tensor], points: Tensor, chunk: int = 131072) -
 
 
 def cleaning(cfg) -> bool:
-    """Whether the conversion cleans the occupancy (closing, cavities) and takes its true distance."""
-    return cfg.convert_closing_radius > 0 or cfg.convert_fill_cavities
+    """Whether the conversion closes the occupancy on a finer grid and takes its true distance."""
+    return cfg.convert_closing_radius > 0
 
 
 def sampling_resolution(grid: "TetrahedraSDFGrid") -> int:
@@ -91,12 +97,35 @@ def sdf_in_cells(grid: "TetrahedraSDFGrid", density: Tensor, level: float) -> Te
     voxel = grid.cell * grid.resolution / resolution
     estimate = mt.distance_in_cells(density - level, resolution, voxel, cfg.sdf_clamp * resolution / grid.resolution)
     if not cleaning(cfg):
-        return estimate
+        return solid_topology(estimate, grid.resolution, cfg)
     n, step = resolution + 1, resolution // grid.resolution
     inside = clean_occupancy((density > level).view(n, n, n).cpu().numpy(), cfg, voxel)
     distance = morphology.signed_distance(inside, estimate.view(n, n, n).cpu().numpy())
     at_vertices = np.ascontiguousarray(distance[::step, ::step, ::step]).reshape(-1) / step
-    return torch.from_numpy(at_vertices).to(density.device)
+    return solid_topology(torch.from_numpy(at_vertices).to(density.device), grid.resolution, cfg)
+
+
+def solid_topology(sdf: Tensor, resolution: int, cfg) -> Tensor:
+    """sdf [(R+1)³] (cells, positive inside) → the same with enclosed outside regions set to
+    +sdf_clamp (``convert_fill_cavities``) and inside parts smaller than ``convert_min_part_fraction``
+    of the largest set to −sdf_clamp, regions as marching tetrahedra join them (the lattice's outer
+    layer counts as outside, as it is for the surface)."""
+    if not cfg.convert_fill_cavities and cfg.convert_min_part_fraction <= 0:
+        return sdf
+    n = resolution + 1
+    inside = (sdf > 0).view(n, n, n).cpu().numpy()
+    inside[[0, -1]], inside[:, [0, -1]], inside[:, :, [0, -1]] = False, False, False
+    solid = inside
+    if cfg.convert_fill_cavities:
+        solid = morphology.fill_cavities(solid, mt.KUHN_NEIGHBOURS)
+    solid = morphology.drop_small_parts(solid, cfg.convert_min_part_fraction, mt.KUHN_NEIGHBOURS)
+    filled = torch.from_numpy((solid & ~inside).reshape(-1)).to(sdf.device)
+    dropped = torch.from_numpy((inside & ~solid).reshape(-1)).to(sdf.device)
+    if bool(filled.any()) or bool(dropped.any()):
+        log.info("conversion: %d lattice vertices of enclosed cavities filled, %d of small parts dropped",
+                 int(filled.sum()), int(dropped.sum()))
+    limit = torch.full_like(sdf, cfg.sdf_clamp)
+    return torch.where(filled, limit, torch.where(dropped, -limit, sdf))
 
 
 def _device_of(module: nn.Module, default: torch.device) -> torch.device:
