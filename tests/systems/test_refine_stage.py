@@ -99,6 +99,7 @@ def test_convert_options_apply_to_their_source_type_only_and_bad_ones_are_one_li
     system = load_config(root / "configs/refine-geometry.yaml").system
     splats = with_source_options(system.geometry, system.geometry_convert_options, "gaussian-splatting")
     assert splats.convert_closing_radius == 0.06 and splats.convert_fill_cavities  # configs/base/refine.yaml
+    assert splats.lr_sdf == splats.lr_deformation == 3 * system.geometry.lr_sdf
     nerf = with_source_options(system.geometry, system.geometry_convert_options, "implicit-volume")
     assert nerf.convert_closing_radius == 0.0 and nerf.convert_fill_cavities and nerf == system.geometry
     for option, says in (("convert_closing_radius=-1", "convert_closing_radius=-1"), ("closing=1", "closing is not an option")):
