@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 DEFAULT_SCENES = ("a red ball", "a blue cube", "a red ball on a blue box", "a green torus next to a yellow cone", "a house", "a mug")
-METHODS = ("sds", "vsd", "asd", "esd", "csm")
+METHODS = ("sds", "vsd", "asd", "esd", "csm", "ism")
 REPRS = ("nerf", "gs")
 CEILING = "ceiling"
 DESCRIPTION = "Ground-truth benchmark of the guidance methods: the embedded prior's scene is the known answer."

@@ -39,7 +39,7 @@ RUN_COLUMNS = (
     ("wall_s", "wall (s)", "{:.0f}"), ("it_per_s", "it/s", "{:.2f}"), ("skipped_steps", "NaN-skipped", "{:.0f}"),
 )
 JANUS_COLUMNS = ("janus_fraction", "janus_margin_db")
-METHOD_ORDER = ("ceiling", "sds", "vsd", "asd", "esd", "csm")
+METHOD_ORDER = ("ceiling", "sds", "vsd", "asd", "esd", "csm", "ism")
 
 
 # --------------------------------------------------------------------------------------------------
