@@ -92,6 +92,46 @@ def test_floater_removal_drops_a_small_separate_blob():
     assert len(both.split(only_watertight=False)) == 2 and both.bounds[1, 0] > 0.75
 
 
+class Shell(Geometry):
+    """σ = 50 between radii 0.3 and 0.6, 0 elsewhere; with ``opening`` a cylinder of radius 0.15
+    along +z is cut through the wall, so the hollow reaches the outside (a cup, not a cavity)."""
+
+    def __init__(self, opening=False):
+        super().__init__()
+        self.radius, self.opening = 1.0, opening
+
+    def density(self, points):
+        r = points.norm(dim=-1)
+        solid = (r > 0.3) & (r < 0.6)
+        if self.opening:
+            solid &= ~((points[:, :2].norm(dim=-1) < 0.15) & (points[:, 2] > 0))
+        return 50.0 * solid.float()
+
+    def color(self, points):
+        return torch.full_like(points, 0.5)
+
+
+def test_an_enclosed_hollow_leaves_no_inner_shell_and_the_outer_surface_as_it_was():
+    filled = extract_mesh(Shell(), cfg(min_component_fraction=0.0))
+    assert len(filled.split(only_watertight=False)) == 1 and filled.is_watertight
+    assert np.linalg.norm(filled.vertices, axis=1).min() > 0.6 - VOXEL  # nothing near r = 0.3
+    hollow = extract_mesh(Shell(), cfg(min_component_fraction=0.0, fill_cavities=False))
+    radii = np.linalg.norm(hollow.vertices, axis=1)
+    assert len(hollow.split(only_watertight=False)) == 2 and radii.min() < 0.3 + VOXEL
+    # the outer surface is the same vertices, bit for bit
+    outer = hollow.vertices[radii > 0.45]
+    assert len(outer) == len(filled.vertices)
+    np.testing.assert_array_equal(np.unique(outer, axis=0), np.unique(filled.vertices, axis=0))
+
+
+def test_a_hollow_open_to_the_outside_is_not_filled():
+    cup = extract_mesh(Shell(opening=True), cfg(min_component_fraction=0.0))
+    radii = np.linalg.norm(cup.vertices, axis=1)
+    assert radii.min() < 0.3 + VOXEL  # the inside wall stays: it can be seen through the opening
+    unfilled = extract_mesh(Shell(opening=True), cfg(min_component_fraction=0.0, fill_cavities=False))
+    assert len(cup.faces) == len(unfilled.faces)
+
+
 def test_decimation_reaches_the_target_and_keeps_the_shape():
     pytest.importorskip("fast_simplification")
     mesh = extract_mesh(ball(0.5), cfg(decimate_target_faces=2000))

@@ -26,7 +26,7 @@ import trimesh
 from threestudio_like.config import check_choice
 
 from threestudio_like.export.isosurface import (
-    ExportError, decimate, density_grid, marching_cubes, remove_floaters, resolve_threshold,
+    ExportError, decimate, density_grid, fill_enclosed, marching_cubes, remove_floaters, resolve_threshold,
 )
 from threestudio_like.export.preview import load_export, render_mesh
 from threestudio_like.export.splat_ply import splat_file_matrix, write_splat_ply
@@ -50,6 +50,7 @@ class ExportConfig:
     auto_threshold_fraction: float = 0.5  # "auto" fallback: this fraction of the max density
     chunk_size: int = 262144  # points per density/colour query (bounds memory)
     min_component_fraction: float = 0.05  # drop components with fewer faces than this × the largest's
+    fill_cavities: bool = True  # marching cubes: hollows enclosed by the surface are filled (no inner shell)
     decimate_target_faces: int = 0  # 0 = keep every face; needs the fast-simplification package
     texture: bool = True  # bake a texture (xatlas UVs); False = vertex colours in OBJ and GLB (COLOR_0)
     texture_size: Any = "auto"  # side in texels, or "auto": from the surface area and texture_texels_per_unit
@@ -107,7 +108,7 @@ def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) 
     else:
         grid = density_grid(geometry, cfg.isosurface_resolution, cfg.chunk_size, cfg.progress)
         level = resolve_threshold(grid, cfg.isosurface_threshold, geometry, cfg.auto_threshold_fraction)
-        mesh = marching_cubes(grid, level, float(geometry.radius))
+        mesh = marching_cubes(fill_enclosed(grid, level) if cfg.fill_cavities else grid, level, float(geometry.radius))
     mesh = remove_floaters(mesh, cfg.min_component_fraction)
     if cfg.decimate_target_faces:
         # decimation leaves a few slivers of 2–10 faces beside the surface (8 on the demo): drop them too

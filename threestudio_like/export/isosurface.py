@@ -120,6 +120,23 @@ def marching_cubes(grid: np.ndarray, level: float, radius: float) -> trimesh.Tri
     return mesh
 
 
+def fill_enclosed(grid: np.ndarray, level: float) -> np.ndarray:
+    """density [R,R,R] → the same with every enclosed cavity of {σ > level} raised to the grid's peak.
+
+    A hollow that no path through empty voxels joins to the grid's border (a NeRF's ball can be a
+    shell around one) would otherwise become a second, inner surface of the mesh: hidden, but a piece
+    of its own that takes texture space. Only voxels inside the cavity change, so the outer surface's
+    crossings — between inside and truly outside voxels — are the same as before."""
+    from threestudio_like.geometry.morphology import fill_cavities  # geometry imports this module
+
+    inside = grid > level
+    cavity = fill_cavities(inside) & ~inside
+    if not cavity.any():
+        return grid
+    log.info("filling %d voxels of enclosed cavities below the level %.4g", int(cavity.sum()), level)
+    return np.where(cavity, grid.max(), grid).astype(grid.dtype)
+
+
 def remove_floaters(mesh: trimesh.Trimesh, min_fraction: float) -> trimesh.Trimesh:
     """Keep the connected components whose face count is at least ``min_fraction`` × the largest's."""
     if min_fraction <= 0:
