@@ -102,10 +102,8 @@ def timed_steps(system, step: int, max_steps: int, repeats: int) -> float:
     return thread_ms(lambda: system.training_step(next(counter), max_steps), repeats)
 
 
-def guidance_and_adam(system, out: dict, cameras, repeats: int) -> tuple[float, float]:
-    """ms of the guidance call on a detached render, and of one Adam step over the geometry."""
-    rgb = out["rgb"].detach()
-    guidance = thread_ms(lambda: system.guidance(rgb, cameras, system.prompt), repeats)
+def adam_ms(system, repeats: int) -> float:
+    """ms of one Adam step over the geometry (random gradients; the field is left as it was)."""
     optimizer = system.optimizers["geometry"]
     saved = [(p, p.detach().clone()) for group in optimizer.param_groups for p in group["params"]]
     for p, _ in saved:
@@ -115,7 +113,7 @@ def guidance_and_adam(system, out: dict, cameras, repeats: int) -> tuple[float, 
         for p, value in saved:
             p.copy_(value)
             p.grad = None
-    return guidance, adam
+    return adam
 
 
 def guidance_cost(batch: int, n_refs: int, pixels: int) -> tuple[float, float]:
@@ -129,10 +127,12 @@ def adam_cost(system) -> tuple[float, float]:
 
 
 def set_cpu_kernels(system, choice) -> None:
-    """The NeRF system's hash grid, MLP and volume renderer on the compiled kernels (True) or the torch path (False)."""
+    """The NeRF system's hash grid, MLP, volume renderer and embedded prior on the compiled kernels
+    (True) or the torch path (False)."""
     system.geometry.encoding.cfg.cpu_kernel = choice
     system.geometry.cfg.cpu_kernel = choice
     system.renderer.cfg.cpu_kernel = choice
+    system.prior.cfg.cpu_kernel = choice
 
 
 def on_path(system, compiled: bool, fn):
@@ -208,19 +208,23 @@ def nerf_tables(args, rates: SimpleNamespace, trained: tuple) -> tuple[dict[bool
     def render_fb():
         system.render(cameras, shading="albedo", training=True)["rgb"].sum().backward()
 
+    rgb = system.render(cameras, shading="albedo", training=True)["rgb"].detach()
+
+    def guidance():
+        system.guidance(rgb, cameras, system.prompt)
+
     paths = (True, False)
-    fns = [on_path(system, c, fn) for c in paths for fn in (hash_fb, mlp_fb, render_fb)]
-    hash_k, mlp_k, render_k, hash_t, mlp_t, render_t = interleaved_ms(fns, args.repeats)
-    out = system.render(cameras, shading="albedo", training=True)
-    t_guidance, t_adam = guidance_and_adam(system, out, cameras, args.repeats)
+    fns = [on_path(system, c, fn) for c in paths for fn in (hash_fb, mlp_fb, render_fb, guidance)]
+    hash_k, mlp_k, render_k, guidance_k, hash_t, mlp_t, render_t, guidance_t = interleaved_ms(fns, args.repeats)
+    t_adam = adam_ms(system, args.repeats)
     system.zero_grad(set_to_none=True)
     counter = iter(range(step, step + 10 * args.repeats))
     steps = [on_path(system, c, lambda: system.training_step(next(counter), max_steps)) for c in paths]
     step_k, step_t = interleaved_ms(steps, args.repeats)
     set_cpu_kernels(system, "auto")
-    times = {True: (hash_k, mlp_k, render_k, step_k), False: (hash_t, mlp_t, render_t, step_t)}
+    times = {True: (hash_k, mlp_k, render_k, guidance_k, step_k), False: (hash_t, mlp_t, render_t, guidance_t, step_t)}
     tables = {c: nerf_table(system, cameras, M, (t_hash, t_mlp, t_render, t_guidance, t_adam, t_step), rates)
-              for c, (t_hash, t_mlp, t_render, t_step) in times.items()}
+              for c, (t_hash, t_mlp, t_render, t_guidance, t_step) in times.items()}
     R, S = len(cameras) * cameras.height * cameras.width, math.ceil(2 * renderer.grid.radius / renderer.step_size())
     L, n_refs = encoding.active_levels, n_references(system, cameras)
     print(f"NeRF demo step: {M} samples of {R}·{S}, {L} levels, {n_refs} references; whole step "
@@ -236,8 +240,18 @@ def gaussian_row(args, rates: SimpleNamespace) -> list[tuple]:
         system.render(cameras, shading="albedo", training=True)["rgb"].sum().backward()
 
     t_render = thread_ms(render_fb, args.repeats)
-    out = system.render(cameras, shading="albedo", training=True)
-    t_guidance, t_adam = guidance_and_adam(system, out, cameras, args.repeats)
+    rgb = system.render(cameras, shading="albedo", training=True)["rgb"].detach()
+    prior = system.prior.cfg
+
+    def guidance_on(compiled: bool):
+        def run():
+            prior.cpu_kernel = compiled
+            system.guidance(rgb, cameras, system.prompt)
+        return run
+
+    t_guidance, t_guidance_torch = interleaved_ms([guidance_on(True), guidance_on(False)], args.repeats)
+    prior.cpu_kernel = "auto"
+    t_adam = adam_ms(system, args.repeats)
     system.zero_grad(set_to_none=True)
     t_step = timed_steps(system, step, max_steps, args.repeats)
     n, B = system.geometry.num_gaussians, len(cameras)
@@ -252,7 +266,8 @@ def gaussian_row(args, rates: SimpleNamespace) -> list[tuple]:
         ("Adam", t_adam, a_flops, a_bytes),
     ]
     rows.append(("rest", t_step - sum(r[1] for r in rows), 0.0, 0.0))
-    print(f"Gaussian demo step: {n} Gaussians, {pairs} live (Gaussian, pixel) pairs, whole step {t_step:.1f} ms")
+    print(f"Gaussian demo step: {n} Gaussians, {pairs} live (Gaussian, pixel) pairs, whole step {t_step:.1f} ms; "
+          f"guidance {t_guidance:.1f} ms with the compiled prior, {t_guidance_torch:.1f} ms on its torch path")
     return finish(rows, t_step, g_flops, rates)
 
 

@@ -9,6 +9,7 @@ import torch
 
 from tests.hashgrid_reference import plain_encoding
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
+from threestudio_like.kernels import library_loaded
 from threestudio_like.priors.embedded import exact_x0
 from threestudio_like.renderers import gaussian as G
 from threestudio_like.renderers import gaussian_pairs as GP
@@ -51,25 +52,53 @@ def plain_posterior_mean(x_t, alpha_bar, weights, images):
     return torch.softmax(logits, dim=1) @ images
 
 
-@pytest.mark.parametrize("t_index", [0, 1, 2])
-def test_exact_x0_matches_the_plain_softmax(t_index):
-    torch.manual_seed(t_index)
-    K, D, B = 60, 48, 3
+def prior_case(alpha_bar: float, seed: int, K: int = 61, D: int = 50, B: int = 5):
+    """Images [K,D] sharing most of their content, x_t [2B,D] (B noisy images, each twice: a prompt
+    and its null condition, as in CFG), ᾱ [2B] and weights [2B,K]: the prompt rows weigh 12
+    references, the null rows all but 5, some far below the others. K is no multiple of the kernel's
+    block of 8, D none of its 16 lanes, and 2B > 8 rows (its row tile)."""
+    torch.manual_seed(seed)
     base = torch.rand(D) * 2 - 1
-    images = base + 0.3 * torch.randn(K, D)  # references that share most of their content
-    alpha_bar = torch.tensor([0.9999, 0.5, 0.01])[t_index].repeat(2 * B)
-    clean = images[torch.tensor([0, 7, 31])]
-    x = alpha_bar[:B, None].sqrt() * clean + (1 - alpha_bar[:B, None]).sqrt() * torch.randn(B, D)
-    x_t = torch.cat([x, x])  # a prompt and its null condition on the same x_t, as in CFG
+    images = base + 0.3 * torch.randn(K, D)
+    a = torch.full((2 * B,), alpha_bar)
+    clean = images[torch.randint(0, K, (B,))] + 0.05 * torch.randn(B, D)
+    x = a[:B, None].sqrt() * clean + (1 - a[:B, None]).sqrt() * torch.randn(B, D)
     cond = torch.zeros(B, K)
-    cond[:, :12] = torch.rand(B, 12) + 0.1  # the prompt weighs its scene's references only
-    null = torch.exp(-torch.rand(B, K) * 60.0)  # the null set: all, some far below the others
+    cond[:, :12] = torch.rand(B, 12) + 0.1
+    null = torch.exp(-torch.rand(B, K) * 60.0)
     null[:, -5:] = 0.0
-    weights = torch.cat([cond, null])
+    return images, torch.cat([x, x]), a, torch.cat([cond, null])
+
+
+def on_path(cpu_kernel: bool) -> bool:
+    if cpu_kernel and not library_loaded():
+        pytest.skip("the CPU kernels cannot be built here")
+    return cpu_kernel
+
+
+@pytest.mark.parametrize("cpu_kernel", [False, True])
+@pytest.mark.parametrize("chunk", [4, 64])  # 4: rows split across chunks (a prompt apart from its null row)
+@pytest.mark.parametrize("alpha_bar", [0.9999, 0.5, 0.0047])  # t small, middle, near T (ᾱ_999 = 0.0047)
+def test_exact_x0_matches_the_plain_softmax(alpha_bar, chunk, cpu_kernel):
+    images, x_t, a, weights = prior_case(alpha_bar, seed=int(alpha_bar * 100) + chunk)
     mean = images.mean(0)
-    fast = exact_x0(x_t, alpha_bar, weights, images - mean, mean, chunk=4)  # chunk 4: rows split across chunks
-    plain = plain_posterior_mean(x_t, alpha_bar, weights, images)
+    fast = exact_x0(x_t, a, weights, images - mean, mean, chunk=chunk, cpu_kernel=on_path(cpu_kernel))
+    plain = plain_posterior_mean(x_t, a, weights, images)
     torch.testing.assert_close(fast.double(), plain, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("cpu_kernel", [False, True])
+def test_exact_x0_gives_nan_where_the_input_is_nan(cpu_kernel):
+    images, x_t, a, weights = prior_case(0.5, seed=3)
+    x_t[1, 7] = float("nan")  # row 1, whose null twin is row 6: the twin is NaN too (same x_t)
+    x_t[6] = x_t[1]
+    mean = images.mean(0)
+    fast = exact_x0(x_t, a, weights, images - mean, mean, cpu_kernel=on_path(cpu_kernel))
+    nan_rows = torch.tensor([1, 6])
+    assert torch.isnan(fast[nan_rows]).all()
+    rest = torch.tensor([r for r in range(len(x_t)) if r not in (1, 6)])
+    plain = plain_posterior_mean(x_t[rest], a[rest], weights[rest], images)
+    torch.testing.assert_close(fast[rest].double(), plain, rtol=0, atol=2e-6)
 
 
 def test_exact_x0_validates_weights():

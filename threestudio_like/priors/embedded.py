@@ -31,13 +31,15 @@ its scene is the ground truth of the quality benchmark.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import torch
 from torch import Tensor
 
 from threestudio_like.config import check_choice
 from threestudio_like.data.cameras import Cameras, RandomCameraConfig, make_cameras, wrap_degrees
+from threestudio_like.kernels import kernel_choice, use_kernels
+from threestudio_like.kernels.posterior import posterior_mean
 from threestudio_like.diffusion import alpha_bar_at, ddpm_alphas_cumprod, eps_from_x0
 from threestudio_like.priors.base import DiffusionPrior
 from threestudio_like.priors.reference_cache import REFERENCE_KINDS, ReferenceCache, reference_image  # noqa: F401
@@ -71,8 +73,11 @@ class EmbeddedPriorConfig:
     reference: str = "rgb"
     # where rendered references are kept between runs (priors/reference_cache.py); "" renders them every run
     cache_dir: str = ".cache/embedded_references"
+    # auto (the compiled CPU pass over the references when the kernels build) | true | false (the torch path)
+    cpu_kernel: Any = "auto"
 
     def __post_init__(self) -> None:
+        self.cpu_kernel = kernel_choice(self.cpu_kernel, "cpu_kernel")
         check_choice(self.camera_mode, CAMERA_MODES, "camera_mode")
         check_choice(self.reference, REFERENCE_KINDS, "reference")
         check_choice(self.variational, ("memory", "unet"), "variational")
@@ -99,7 +104,7 @@ def camera_kernel(elevation: Tensor, azimuth: Tensor, ref_elevation: Tensor, ref
 
 def exact_x0(
     x_t: Tensor, alpha_bar: Tensor, weights: Tensor, refs: Tensor, refs_mean: Tensor,
-    sq_norms: Optional[Tensor] = None, chunk: int = 64,
+    sq_norms: Optional[Tensor] = None, chunk: int = 64, cpu_kernel: Any = "auto",
 ) -> Tensor:
     """The exact posterior mean E[x0 | x_t] of a weighted set of images.
 
@@ -108,38 +113,48 @@ def exact_x0(
     references share most pixels); ``sq_norms`` [K] their squared norms, if already known.
     Returns [N,D]: softmax over log w_i − ‖x_t − √ᾱ x_i‖²/2(1−ᾱ).
 
-    Three savings that leave the result as it is up to float rounding: rows with the same x_t and
-    ᾱ (a prompt and its null condition) share one x·r product; references that no row of a chunk
-    weighs are skipped; and the posterior mean only reads the references whose posterior reaches
-    2⁻²⁴/K of some row's maximum — the rest add at most 2⁻²⁴ of the largest term, below float32
-    resolution.
+    Savings that leave the result as it is up to float rounding: rows with the same x_t and ᾱ (a
+    prompt and its null condition) share one x·r product; references that no row weighs are never
+    read; and the posterior mean leaves out the references whose posterior is below 2⁻²⁴/K of the
+    row's maximum (together they add at most 2⁻²⁴ of the largest term, below float32 resolution).
+    On the CPU (``cpu_kernel``: auto | true | false, as the other compiled paths) the references are
+    streamed once (threestudio_like/kernels/posterior.py); the torch path reads them twice.
     """
     if (weights < 0).any() or not torch.isfinite(weights).all():
         raise ValueError("condition weights must be finite and non-negative")
     if (weights.sum(dim=1) <= 0).any():
         raise ValueError("a condition row gives every reference weight 0")
-    log_weights = weights.log()  # 0 → −inf: softmax gives those references exactly 0
+    log_weights = weights.log().to(refs.dtype)  # 0 → −inf: softmax gives those references exactly 0
     sq_norms = (refs * refs).sum(dim=1) if sq_norms is None else sq_norms  # [K]
     cut = 2.0**-24 / refs.shape[0]
+    compiled = refs.dtype == torch.float32 and use_kernels(cpu_kernel, x_t, refs)
     out = []
     for start in range(0, x_t.shape[0], chunk):
         sl = slice(start, start + chunk)
-        a = alpha_bar[sl].to(refs.dtype)[:, None]  # [n,1]
-        x = x_t[sl].to(refs.dtype) - a.sqrt() * refs_mean  # centred like the references
+        a = alpha_bar[sl].to(refs.dtype)
+        x = x_t[sl].to(refs.dtype) - a[:, None].sqrt() * refs_mean  # centred like the references
         first = _first_equal_row(x, a)  # [n]: the first row with the same x and ᾱ
-        unique = torch.unique(first)
-        cols = _sparse_columns((weights[sl] > 0).any(dim=0))  # references some row weighs
-        used = refs if cols is None else refs.index_select(0, cols)
-        dots = (x[unique] @ used.T).index_select(0, torch.searchsorted(unique, first))  # [n,k]
-        norms, log_w = (sq_norms, log_weights[sl]) if cols is None else (sq_norms[cols], log_weights[sl][:, cols])
-        # −‖x − √a r‖²/2(1−a) up to a per-row constant: (√a x·r − a‖r‖²/2)/(1−a)
-        logits = (a.sqrt() * dots - 0.5 * a * norms[None, :]) / (1.0 - a)
-        posterior = torch.softmax(logits + log_w.to(refs.dtype), dim=1)
-        keep = _sparse_columns((posterior >= cut * posterior.amax(dim=1, keepdim=True)).any(dim=0))
-        if keep is not None:
-            posterior, used = posterior[:, keep], used.index_select(0, keep)
-        out.append(posterior @ used + refs_mean)
+        unique, row_of = torch.unique(first, return_inverse=True)
+        if compiled:
+            out.append(posterior_mean(x[unique], row_of, a, log_weights[sl], refs, sq_norms, cut) + refs_mean)
+        else:
+            out.append(_posterior_mean_torch(x[unique], row_of, a[:, None], log_weights[sl], refs, sq_norms, cut) + refs_mean)
     return torch.cat(out).to(x_t.dtype)
+
+
+def _posterior_mean_torch(x: Tensor, row_of: Tensor, a: Tensor, log_w: Tensor, refs: Tensor, sq_norms: Tensor, cut: float) -> Tensor:
+    """The torch path of :func:`exact_x0`'s sum: x [U,D] distinct rows, row_of [n], a [n,1], log_w [n,K] → [n,D]."""
+    cols = _sparse_columns(torch.isfinite(log_w).any(dim=0))  # references some row weighs
+    used = refs if cols is None else refs.index_select(0, cols)
+    dots = (x @ used.T).index_select(0, row_of)  # [n,k]
+    norms, log_w = (sq_norms, log_w) if cols is None else (sq_norms[cols], log_w[:, cols])
+    # −‖x − √a r‖²/2(1−a) up to a per-row constant: (√a x·r − a‖r‖²/2)/(1−a)
+    logits = (a.sqrt() * dots - 0.5 * a * norms[None, :]) / (1.0 - a)
+    posterior = torch.softmax(logits + log_w, dim=1)
+    keep = _sparse_columns((posterior >= cut * posterior.amax(dim=1, keepdim=True)).any(dim=0))
+    if keep is not None:
+        posterior, used = posterior[:, keep], used.index_select(0, keep)
+    return posterior @ used
 
 
 def _sparse_columns(mask: Tensor, max_fraction: float = 0.4) -> Optional[Tensor]:
@@ -150,9 +165,14 @@ def _sparse_columns(mask: Tensor, max_fraction: float = 0.4) -> Optional[Tensor]
 
 
 def _first_equal_row(x: Tensor, a: Tensor) -> Tensor:
-    """x [n,D], a [n,1] → for each row the index of the first row with equal x and a [n] (long)."""
-    same = (x[:, None, :] == x[None, :, :]).all(dim=2) & (a == a.T)
-    return same.to(torch.uint8).argmax(dim=1)
+    """x [n,D], a [n] → for each row the index of the first row with equal x and a [n] (long); a
+    row holding a NaN equals no other. Only pairs whose first entries and ᾱ agree are compared in full."""
+    n = x.shape[0]
+    index = torch.arange(n, device=x.device)
+    candidate = (x[:, None, 0] == x[None, :, 0]) & (a[:, None] == a[None, :]) & (index[None, :] < index[:, None])
+    i, j = torch.nonzero(candidate, as_tuple=True)
+    equal = (x[i] == x[j]).all(dim=1)
+    return index.scatter_reduce(0, i[equal], j[equal], reduce="amin")
 
 
 @register("prior", "embedded")
@@ -288,7 +308,7 @@ class EmbeddedPrior(DiffusionPrior):
         if C != 3 or cond.shape != (N, refs.shape[0]):
             raise ValueError(f"predict_noise got x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)}; expected [N,3,H,W] and [N,{refs.shape[0]}]")
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t]
-        x0 = exact_x0(x_t.flatten(1), alpha_bar, cond.to(x_t.device), refs, mean, sq_norms, self.cfg.chunk_size)
+        x0 = exact_x0(x_t.flatten(1), alpha_bar, cond.to(x_t.device), refs, mean, sq_norms, self.cfg.chunk_size, self.cfg.cpu_kernel)
         return x0.view(N, C, H, W)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
