@@ -331,3 +331,7 @@ def test_cached_references_are_the_render_bit_for_bit(tmp_path):
     other.references(text, 10, 12)  # another resolution is another picture
     other.references("a mug", 12, 10)  # another scene too
     assert other.reference_cache.files.misses == 4
+    torch_path = EmbeddedPrior(EmbeddedPriorConfig(reference="rgb", cache_dir=str(tmp_path), null_library=["a mug"], cpu_kernel=False))
+    traced = torch_path.references(text, 12, 10)[0]  # the other tracer (equal only to rounding): its own entry
+    assert torch_path.reference_cache.files.misses == (2 if library_loaded() else 0)
+    assert torch.equal(traced, EmbeddedPrior(EmbeddedPriorConfig(cache_dir="", null_library=["a mug"], cpu_kernel=False)).references(text, 12, 10)[0])

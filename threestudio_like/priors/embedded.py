@@ -73,7 +73,7 @@ class EmbeddedPriorConfig:
     reference: str = "rgb"
     # where rendered references are kept between runs (priors/reference_cache.py); "" renders them every run
     cache_dir: str = ".cache/embedded_references"
-    # auto (the compiled CPU pass over the references when the kernels build) | true | false (the torch path)
+    # auto (the compiled CPU pass over the references and tracer of them, when the kernels build) | true | false (torch)
     cpu_kernel: Any = "auto"
 
     def __post_init__(self) -> None:
@@ -200,7 +200,7 @@ class EmbeddedPrior(DiffusionPrior):
         self._renders: dict[tuple[str, int, int], Tensor] = {}  # (scene key, H, W) → [K,3,H,W] in [−1,1]
         self._sets: dict[tuple[str, int, int], tuple[Tensor, Tensor, Tensor]] = {}
         self.text: Optional[str] = None  # the prompt whose scene the model is (set by prepare)
-        self.reference_cache = ReferenceCache(cfg.cache_dir)
+        self.reference_cache = ReferenceCache(cfg.cache_dir, cfg.cpu_kernel)
 
     # --- scenes and references ------------------------------------------------------------------
     def prepare(self, text: str) -> None:

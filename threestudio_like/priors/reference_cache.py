@@ -15,12 +15,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.kernels import sdf_trace, use_kernels
 from threestudio_like.priors import scenes, sdf
 from threestudio_like.priors.scenes import BACKGROUND, Scene
 from threestudio_like.prompts import EmbeddingCache
@@ -39,39 +40,43 @@ def reference_image(render: dict[str, Tensor], kind: str) -> Tensor:
     return render["rgb"]
 
 
-def render_fingerprint(scene: Scene, cameras: Cameras, supersample: int) -> str:
-    """A hex digest of everything a render of ``scene`` by ``cameras`` depends on."""
+def render_fingerprint(scene: Scene, cameras: Cameras, supersample: int, compiled: bool = False) -> str:
+    """A hex digest of everything a render of ``scene`` by ``cameras`` depends on (``compiled``:
+    traced by the compiled tracer, whose pixels equal the torch tracer's only to float rounding)."""
     digest = hashlib.sha256()
     digest.update(repr((scene.shapes, scene.radius, cameras.width, cameras.height, supersample)).encode())
     for tensor in (cameras.c2w, cameras.fovy):
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    digest.update(_sources_digest())
+    digest.update(_sources_digest(compiled))
     return digest.hexdigest()
 
 
-@functools.lru_cache(maxsize=1)
-def _sources_digest() -> bytes:
+@functools.lru_cache(maxsize=2)
+def _sources_digest(compiled: bool) -> bytes:
     """The tracer's and shader's source files hashed (once a process: they do not change under it)."""
-    return hashlib.sha256(b"".join(Path(module.__file__).read_bytes() for module in _SOURCES)).digest()
+    files = [Path(module.__file__) for module in _SOURCES] + ([sdf_trace.SOURCE] if compiled else [])
+    return hashlib.sha256(b"".join(path.read_bytes() for path in files) + (b"compiled" if compiled else b"torch")).digest()
 
 
 class ReferenceCache:
     """``images(scene, cameras, supersample, kind)`` → [K,H,W,3] through the files under ``directory``
     (no directory: rendered every time)."""
 
-    def __init__(self, directory: Optional[str]) -> None:
+    def __init__(self, directory: Optional[str], cpu_kernel: Any = "auto") -> None:
         # the prior keeps the pictures it uses; the cache need not hold a second copy in memory
         self.files = EmbeddingCache(directory, keep_in_memory=False) if directory else None
+        self.cpu_kernel = cpu_kernel  # the compiled tracer (auto | true) or the torch one (false)
 
     def images(self, scene: Scene, cameras: Cameras, supersample: int, kind: str) -> Tensor:
+        compiled = use_kernels(self.cpu_kernel)
         if self.files is None:
-            return reference_image(scene.render(cameras, supersample=supersample), kind)
-        key = render_fingerprint(scene, cameras, supersample)
+            return reference_image(scene.render(cameras, supersample=supersample, cpu_kernel=compiled), kind)
+        key = render_fingerprint(scene, cameras, supersample, compiled)
         rendered: dict[str, Tensor] = {}
 
         def compute(wanted: str) -> Tensor:
             if not rendered:
-                rendered.update(scene.render(cameras, supersample=supersample))
+                rendered.update(scene.render(cameras, supersample=supersample, cpu_kernel=compiled))
             return reference_image(rendered, wanted)
 
         value = self.files.get(key, kind, compute)

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras
+from threestudio_like.kernels import sdf_trace, use_kernels
 from threestudio_like.priors.sdf import Primitive, Shape, bounding_radius, evaluate, render_sdf, sdf_normals, single_thread
 
 FIT_RADIUS = 0.72  # the NeRF's bounding radius is 1.0; keep the scene well inside it
@@ -310,17 +312,20 @@ class Scene:
         """Albedo [N,3] of the part nearest to each point [N,3]."""
         return evaluate(self.shapes, points)[1]
 
-    def render(self, cameras: Cameras, supersample: int = 2, rays_per_chunk: int = 1 << 17) -> dict[str, Tensor]:
+    def render(self, cameras: Cameras, supersample: int = 2, rays_per_chunk: int = 1 << 17, cpu_kernel: Any = "auto") -> dict[str, Tensor]:
         """Sphere-traced views: rgb [B,H,W,3] (fixed light, white background), mask [B,H,W,1]
         (pixel coverage), depth [B,H,W,1] (distance along the ray, 0 where empty, coverage-weighted
         like a volume renderer's), normal [B,H,W,3] (world, coverage-weighted). Pixels on edges are
-        averaged over ``supersample``² sub-pixel rays, so masks have soft edges."""
+        averaged over ``supersample``² sub-pixel rays, so masks have soft edges. ``cpu_kernel``
+        (auto | true | false): the compiled tracer (threestudio_like/kernels/sdf_trace.py) or the torch one."""
         cameras = cameras.to("cpu")
         light = light_direction()
+        table = sdf_trace.part_table(self.shapes) if use_kernels(cpu_kernel) else None
         chunk = max(1, rays_per_chunk // (cameras.width * cameras.height))  # few large ops: the tracer loops in python
         with single_thread():
             outs = [
-                render_sdf(self.sdf, self.albedo, self.radius + 0.02, cameras[i:i + chunk], light, AMBIENT, BACKGROUND, supersample)
+                render_sdf(self.sdf, self.albedo, self.radius + 0.02, cameras[i:i + chunk], light, AMBIENT, BACKGROUND, supersample,
+                           table=table)
                 for i in range(0, len(cameras), chunk)
             ]
         return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
