@@ -31,13 +31,14 @@ from threestudio_like.export.isosurface import (
 from threestudio_like.export.preview import load_export, render_mesh
 from threestudio_like.export.splat_ply import splat_file_matrix, write_splat_ply
 from threestudio_like.export.texture import auto_texture_size, bake_texture, texture_image, vertex_colors
+from threestudio_like.export.visibility import FillSettings, TrainingViews, colour_unseen
 from threestudio_like.export.writers import to_view_frame, write_glb, write_json, write_obj
 from threestudio_like.utils.atomic import TEMP_PREFIX, current_umask
-from threestudio_like.utils.checks import check_at_least
+from threestudio_like.utils.checks import check_at_least, check_between
 
 __all__ = [
     "ExportConfig", "ExportError", "export_geometry", "extract_mesh", "colour_mesh", "free_directory",
-    "render_mesh", "load_export", "bake_texture", "vertex_colors",
+    "render_mesh", "load_export", "bake_texture", "vertex_colors", "TrainingViews",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,20 @@ class ExportConfig:
     texture_format: str = "png"  # png | jpg: the OBJ's texture_kd.<format> (the GLB embeds a PNG)
     texture_jpeg_quality: int = 90  # 1–95, for texture_format jpg
     vertex_colors: bool = False  # with a texture: also write per-vertex colours into the OBJ
+    # surface no camera of the run's training range sees (the underside, below the lowest elevation)
+    # takes the colour of the nearest seen surface (export/visibility.py); seen texels are unchanged.
+    # Needs the run's training views (``seen_by``; the trainer's export passes them, a bare
+    # export_geometry call without them fills nothing)
+    fill_unseen: bool = True
+    fill_unseen_views: int = 48  # depth renders over the training range that decide what is seen
+    fill_unseen_resolution: int = 256  # their side in pixels
+    # a point is seen only by a camera it faces within this angle: more obliquely, one pixel of a
+    # training view spreads over so much surface that it does not decide the point's colour
+    fill_unseen_max_angle: float = 75.0
+    # seen surface closer to a solid training background than this fraction of the seen surface's
+    # median distance from it gives the fill no colour: geometry outside the object's outline, which
+    # the views painted to vanish into the background (export/visibility.py); 0 = every seen texel gives
+    fill_unseen_background_fraction: float = 0.75
     y_up: bool = True  # files in +Y up / front +Z (viewers' convention); False keeps the z-up world
     unit_box: bool = True  # scale the asset's largest side to 1
     placement: str = "center"  # center: bounding box on the origin | ground: resting on y = 0 | world
@@ -91,6 +106,14 @@ class ExportConfig:
         if not 0.0 < self.auto_threshold_fraction < 1.0:
             raise ValueError(f"auto_threshold_fraction={self.auto_threshold_fraction} must be in (0, 1)")
         check_at_least(self, 1, "chunk_size")
+        check_between(self, 1, 10000, "fill_unseen_views")
+        check_between(self, 16, 4096, "fill_unseen_resolution")
+        check_between(self, 1.0, 90.0, "fill_unseen_max_angle")
+        check_between(self, 0.0, 1.0, "fill_unseen_background_fraction")
+
+    def fill_settings(self) -> FillSettings:
+        return FillSettings(self.fill_unseen_views, self.fill_unseen_resolution, self.fill_unseen_max_angle,
+                            self.fill_unseen_background_fraction)
         check_at_least(self, 0, "decimate_target_faces", "texture_padding", "texture_dilation")
 
 
@@ -128,16 +151,34 @@ def own_surface(geometry: torch.nn.Module, surface) -> trimesh.Trimesh:
     return mesh
 
 
-def colour_mesh(geometry: torch.nn.Module, mesh: trimesh.Trimesh, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
-    """A copy of ``mesh`` coloured from ``geometry.color``: a baked texture (``cfg.texture``) or vertex colours."""
+def training_views_for(cfg: ExportConfig, seen_by: TrainingViews | None) -> TrainingViews | None:
+    """The training views that decide which surface is seen (``cfg.fill_unseen``), or None when not filling."""
+    if not cfg.fill_unseen:
+        return None
+    if seen_by is None:
+        log.info("no training views given: the surface they did not see is not filled (exporter.fill_unseen)")
+    return seen_by
+
+
+def colour_mesh(geometry: torch.nn.Module, mesh: trimesh.Trimesh, cfg: ExportConfig = ExportConfig(),
+                seen_by: TrainingViews | None = None) -> trimesh.Trimesh:
+    """A copy of ``mesh`` coloured from ``geometry.color``: a baked texture (``cfg.texture``) or vertex
+    colours; with ``cfg.fill_unseen``, what no view of ``seen_by``'s range sees is filled from what they see."""
+    seen_by = training_views_for(cfg, seen_by)
     if cfg.texture:
         size = auto_texture_size(mesh, cfg.texture_texels_per_unit) if cfg.texture_size == "auto" else cfg.texture_size
-        return bake_texture(geometry, mesh, size, cfg.chunk_size, cfg.texture_padding,
-                            cfg.texture_dilation, cfg.progress, cfg.texture_brute_force)
-    colors = vertex_colors(geometry, mesh, cfg.chunk_size, cfg.progress)
+        return bake_texture(geometry, mesh, size, cfg.chunk_size, cfg.texture_padding, cfg.texture_dilation,
+                            cfg.progress, cfg.texture_brute_force, seen_by, cfg.fill_settings())
+    colors, unseen = vertex_colors(geometry, mesh, cfg.chunk_size, cfg.progress), None
+    if seen_by is not None:
+        vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+        normals = torch.as_tensor(np.array(mesh.vertex_normals), dtype=torch.float32)
+        colors, unseen = colour_unseen(colors, vertices, normals, vertices, torch.as_tensor(np.asarray(mesh.faces)),
+                                       seen_by, cfg.fill_settings())
     rgba = np.concatenate([np.round(colors * 255.0), np.full((len(colors), 1), 255.0)], axis=1).astype(np.uint8)
     coloured = mesh.copy()
     coloured.visual = trimesh.visual.ColorVisuals(coloured, vertex_colors=rgba)
+    coloured.metadata["unseen_fraction"] = unseen
     return coloured
 
 
@@ -157,16 +198,18 @@ def free_directory(out_dir: str | Path) -> Path:
     return candidate
 
 
-def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportConfig = ExportConfig()) -> dict[str, Path]:
+def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportConfig = ExportConfig(),
+                    seen_by: TrainingViews | None = None) -> dict[str, Path]:
     """Write model.obj, model.mtl, texture_kd.png|jpg (textured), model.glb, splats.ply (geometries
     made of Gaussians) and export.json into a new directory: ``out_dir``, or ``out_dir-2``, ``-3`` …
     when it exists (an export is never overwritten). Every file is in one frame and placement.
+    ``seen_by`` (the run's camera range and background) says what the training views saw, for ``cfg.fill_unseen``.
 
     Everything is built in a temporary directory beside it and renamed at the end, so a failure
     leaves nothing behind. Returns {"obj", "mtl"?, "texture"?, "glb", "splats"?, "json", "dir"} → paths.
     """
     mesh = extract_mesh(geometry, cfg)  # fails before anything touches the disk
-    coloured = colour_mesh(geometry, mesh, cfg)
+    coloured = colour_mesh(geometry, mesh, cfg, seen_by)
     extra_colors = vertex_colors(geometry, coloured, cfg.chunk_size, cfg.progress) if cfg.texture and cfg.vertex_colors else None
     in_file, matrix = to_view_frame(coloured, cfg.y_up, cfg.unit_box, cfg.placement)
     target = free_directory(out_dir)
@@ -188,6 +231,7 @@ def export_geometry(geometry: torch.nn.Module, out_dir: str | Path, cfg: ExportC
             "isosurface_resolution": cfg.isosurface_resolution, "radius": float(geometry.radius),
             "vertices": len(in_file.vertices), "faces": len(in_file.faces), "watertight": bool(mesh.is_watertight),
             "texture_size": texture_side(in_file), "atlas_coverage": coloured.metadata.get("atlas_coverage"),
+            "unseen_fraction": coloured.metadata.get("unseen_fraction"),
             "up": "+y" if cfg.y_up else "+z", "placement": cfg.placement, "unit_box": cfg.unit_box,
             "world_to_file": matrix.tolist(), "files": sorted(p.name for p in files.values()) + ["export.json"],
             # each file's own 4×4 world → file matrix: the mesh files share one; splats.ply is turned to −Y up by default

@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from threestudio_like.export.isosurface import geometry_device
+from threestudio_like.export.visibility import FillSettings, TrainingViews, colour_unseen
 from threestudio_like.renderers.rasterize import interpolate, rasterize
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,9 @@ def uv_clip_positions(uv: Tensor, size: int, first_row: int = 0, rows: int | Non
 def surface_points(uv: Tensor, faces: Tensor, vertices: Tensor, size: int,
                    band_texels: int = 1 << 22) -> tuple[Tensor, Tensor]:
     """The texels of a size² image whose centres a UV triangle covers, and their 3D points: uv [V,2],
-    faces [F,3], vertices [V,3] → (texel [K] flat index r·size + c, points [K,3]). Rasterized in bands
-    of about ``band_texels`` so that large textures stay within memory."""
+    faces [F,3], vertices [V,3] (or any vertex attributes [V,C]) → (texel [K] flat index r·size + c,
+    points [K,3] (the attributes there [K,C])). Rasterized in bands of about ``band_texels`` so that
+    large textures stay within memory."""
     rows = max(1, min(size, band_texels // size))
     texels, points = [], []
     for first_row in range(0, size, rows):
@@ -111,8 +113,20 @@ def surface_points(uv: Tensor, faces: Tensor, vertices: Tensor, size: int,
         rast = rasterize(uv_clip_positions(uv, size, first_row, band), faces, band, size, backend="torch")
         inside = torch.nonzero(rast[0, ..., 3].reshape(-1) > 0)[:, 0]
         texels.append(inside + first_row * size)
-        points.append(interpolate(vertices, rast, faces, backend="torch").view(-1, 3)[inside])
+        points.append(interpolate(vertices, rast, faces, backend="torch").view(-1, vertices.shape[-1])[inside])
     return torch.cat(texels), torch.cat(points)
+
+
+def texel_points(uv: Tensor, faces: Tensor, vertices: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`surface_points` with the unit normal of the face each texel lies on: uv [V,2],
+    faces [F,3], vertices [V,3] → (texel [K], points [K,3], normals [K,3]). The faces are drawn
+    with corners of their own, so that a per-face attribute can ride along the interpolation."""
+    tri = vertices[faces]  # [F,3,3]
+    normals = F.normalize(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), dim=-1)
+    corners = torch.cat([tri, normals[:, None].expand(-1, 3, -1)], -1).reshape(-1, 6)
+    own = torch.arange(3 * len(faces), device=faces.device).view(-1, 3)
+    texel, values = surface_points(uv[faces].reshape(-1, 2), own, corners, size)
+    return texel, values[:, :3].contiguous(), values[:, 3:].contiguous()
 
 
 def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
@@ -141,19 +155,26 @@ def dilate(image: Tensor, mask: Tensor, iterations: int = 8) -> Tensor:
 def bake_texture(
     geometry: torch.nn.Module, mesh: trimesh.Trimesh, texture_size: int = 1024, chunk_size: int = 262144,
     padding: int = 2, dilate_iterations: int = 8, progress: bool = True, brute_force: bool = True,
+    seen_by: TrainingViews | None = None, fill: FillSettings = FillSettings(),
 ) -> trimesh.Trimesh:
-    """A copy of ``mesh`` with xatlas UVs and the albedo field baked into a texture_size² image.
+    """A copy of ``mesh`` with xatlas UVs and the albedo field baked into a texture_size² image;
+    with ``seen_by`` (the run's training views), texels no camera of their range sees take the
+    colour of the nearest seen texel (``fill``; export/visibility.py).
 
     Returns a Trimesh (vertices split on seams) whose visual is TextureVisuals(uv, PBRMaterial with
     baseColorTexture = the baked PIL image); vertex normals are those of the input mesh;
-    ``metadata["atlas_coverage"]`` is the fraction of texels inside a chart.
+    ``metadata["atlas_coverage"]`` is the fraction of texels inside a chart, ``metadata["unseen_fraction"]``
+    that of the covered texels no training view sees (None without ``seen_by``).
     """
     vmapping, faces, uv = unwrap_uv(mesh.vertices, mesh.faces, texture_size, padding, brute_force)
     vertices = np.asarray(mesh.vertices)[vmapping]
     size = int(texture_size)
     corners = torch.as_tensor(vertices, dtype=torch.float32)
-    texel, points = surface_points(torch.as_tensor(uv), torch.as_tensor(faces), corners, size)
+    texel, points, face_normals = texel_points(torch.as_tensor(uv), torch.as_tensor(faces), corners, size)
     colors = query_color(geometry, points.numpy(), chunk_size, progress, desc=f"bake texture {size}^2")
+    unseen = None
+    if seen_by is not None:
+        colors, unseen = colour_unseen(colors, points, face_normals, corners, torch.as_tensor(faces), seen_by, fill)
     image = torch.zeros(size * size, 3)
     covered = torch.zeros(size * size, dtype=torch.bool)
     image[texel] = torch.as_tensor(colors)
@@ -169,6 +190,7 @@ def bake_texture(
     textured = trimesh.Trimesh(vertices, faces, vertex_normals=normals, process=False,
                                visual=trimesh.visual.TextureVisuals(uv=uv, material=material))
     textured.metadata["atlas_coverage"] = coverage
+    textured.metadata["unseen_fraction"] = unseen
     return textured
 
 

@@ -219,9 +219,13 @@ class Trainer:
         return visualize.write_video(self.save_dir / f"it{self.step}-test.mp4", frames, fps=self.cfg.video_fps)
 
     def export(self) -> dict[str, Path]:
-        from threestudio_like.export import export_geometry
+        from threestudio_like.export import TrainingViews, export_geometry
+        from threestudio_like.renderers.background import SolidColorBackground
 
-        paths = export_geometry(self.system.geometry, self.save_dir / f"it{self.step}-export", self.system.cfg.exporter)
+        system = self.system
+        solid = system.background.cfg.color if isinstance(system.background, SolidColorBackground) else None
+        seen_by = TrainingViews(system.sampler.cfg, solid)  # what the views saw, for exporter.fill_unseen
+        paths = export_geometry(system.geometry, self.save_dir / f"it{self.step}-export", system.cfg.exporter, seen_by)
         self.last_export = Path(paths["dir"])
         return paths
 
