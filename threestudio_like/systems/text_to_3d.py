@@ -21,6 +21,7 @@ from threestudio_like.registry import lookup, register
 from threestudio_like.systems.convert import check_source_options, check_source_tables
 from threestudio_like.utils.schedules import check_schedule, schedule_value
 from threestudio_like.utils.checks import BadValue, check_at_least, check_between, check_length, schedule_points
+from threestudio_like.utils.finite import all_finite
 
 REGULARIZERS = ("sparsity", "opaque", "orient", "normal_consistency", "laplacian_smoothness")
 MESH_REGULARIZERS = ("normal_consistency", "laplacian_smoothness")
@@ -255,7 +256,7 @@ class TextTo3DSystem(nn.Module):
         if not all(math.isfinite(v) for k, v in logged.items() if k == "loss" or k.startswith("loss_") or k == "grad_norm"):
             return False
         grads = [p.grad for opt in self.optimizers.values() for group in opt.param_groups for p in group["params"] if p.grad is not None]
-        return not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all())
+        return all_finite(grads)
 
     def check_loss_names(self, produced: set[str]) -> None:
         """A lambda_<x> that names no loss term is a typo: say so at start-up."""

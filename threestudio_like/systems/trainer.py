@@ -26,6 +26,7 @@ from threestudio_like.systems.checkpoint import checkpoint_meta, load_checkpoint
 from threestudio_like.systems.quality import evaluate_quality
 from threestudio_like.systems.tensorboard import TensorBoardLog
 from threestudio_like.utils.atomic import WriteError, describe, write_text
+from threestudio_like.utils.finite import all_finite
 from threestudio_like.utils.stop import DeferredSignals, RunStopped, exit_code
 
 # a run that skipped more than half of its steps (after at least this many) has diverged
@@ -241,4 +242,4 @@ class Trainer:
 def weights_are_finite(system) -> bool:
     """No NaN or inf among the trainable weights (geometry, background, the guidance's own network)."""
     tensors = [p.detach() for opt in system.optimizers.values() for group in opt.param_groups for p in group["params"]]
-    return not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
+    return all_finite(tensors)
