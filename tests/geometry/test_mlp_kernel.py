@@ -134,3 +134,17 @@ def test_cpu_kernel_key_of_the_implicit_volume():
     with pytest.raises(ValueError, match="cpu_kernel='fast' is not accepted; use one of auto, true, false"):
         ImplicitVolumeConfig(cpu_kernel="fast")
     assert ImplicitVolumeConfig(cpu_kernel="false").cpu_kernel is False
+
+
+def test_backward_without_kept_activations_recomputes_the_same_numbers():
+    """A forward outside autograd keeps no hidden activations; the backward then recomputes them."""
+    ops = torch.ops.threestudio_like_cpu
+    weights = random_network([16, 64, 64, 4], torch.float32, seed=5)
+    x, grad = torch.randn(300, 16), torch.randn(300, 4)
+    y_kept, hidden = ops.mlp_forward(x, weights, True)
+    y_bare, nothing = ops.mlp_forward(x, weights, False)
+    assert torch.equal(y_kept, y_bare) and nothing.numel() == 0 and hidden.numel() >= 300 * 128
+    kept, recomputed = ops.mlp_backward(x, weights, grad, hidden, True), ops.mlp_backward(x, weights, grad, nothing, True)
+    assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
+    with pytest.raises(RuntimeError, match="hidden must be mlp_forward's kept activations"):
+        ops.mlp_backward(x[:100], weights, grad[:100], hidden, True)

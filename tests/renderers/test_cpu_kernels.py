@@ -89,6 +89,25 @@ def test_hash_kernel_progressive_levels_and_empty_input():
     assert grid(torch.zeros(0, 3)).shape == (0, grid.output_dim)
 
 
+def test_hash_kernel_feature_major_layout_holds_the_same_numbers():
+    """The layout the fused MLP reads ([F·L, N] storage seen as [N, F·L]): bit-identical features, and a
+    feature-major gradient gives the table the bit-identical gradient of a row-major one."""
+    cfg = HashGridConfig(n_levels=6, log2_hashmap_size=11, base_resolution=8, per_level_scale=1.5, start_level=4)
+    grid = HashGrid(cfg)
+    with torch.no_grad():
+        grid.table.uniform_(-1.0, 1.0)
+    x, grad = torch.rand(1000, 3), torch.randn(1000, grid.output_dim)
+    rows, columns = grid(x), grid(x, feature_major=True)
+    assert columns.shape == rows.shape and columns.stride() == (1, 1000) and torch.equal(rows, columns)
+    assert (columns[:, 4 * 2:] == 0).all()  # the inactive levels' zeros are written in this layout too
+    grads = []
+    for g in (grad, grad.t().contiguous().t()):
+        grid.table.grad = None
+        grid(x, feature_major=True).backward(g)
+        grads.append(grid.table.grad.clone())
+    assert torch.equal(grads[0], grads[1])
+
+
 def test_hash_kernel_backward_is_the_same_with_two_threads():
     """The table's scatter-add runs one level per thread: no two threads write the same row."""
     cfg = HashGridConfig(n_levels=6, log2_hashmap_size=11, base_resolution=8, per_level_scale=1.5, start_level=6)

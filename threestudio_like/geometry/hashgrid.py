@@ -195,12 +195,14 @@ class HashGrid(nn.Module):
         cfg = self.cfg
         return HashLayout(self.resolutions[: self.active_levels], self.offset_list, self.n_dense, cfg.log2_hashmap_size, cfg.n_levels)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """x [N,3] in [0,1]^3 (clamped) → [N, n_levels·F]; inactive levels are zero."""
+    def forward(self, x: Tensor, feature_major: bool = False) -> Tensor:
+        """x [N,3] in [0,1]^3 (clamped) → [N, n_levels·F]; inactive levels are zero. ``feature_major``
+        asks the compiled kernel for a [N, n_levels·F] view of [n_levels·F, N] storage (the fused MLP's
+        layout; same values); the torch path ignores it."""
         N, F, L = x.shape[0], self.cfg.n_features_per_level, self.active_levels
         x = x.clamp(0.0, 1.0)
         if x.dtype == self.table.dtype and use_kernels(self.cfg.cpu_kernel, x, self.table):
-            return hash_encode(x, self.table, self.layout())
+            return hash_encode(x, self.table, self.layout(), feature_major)
         idx, w = self.corner_indices(x, L)
         feats = _WeightedGather.apply(self.table, idx, w.to(self.table.dtype))  # [L·N, F]
         feats = feats.view(L, N, F).permute(1, 0, 2).reshape(N, L * F)

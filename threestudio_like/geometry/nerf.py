@@ -11,7 +11,7 @@ keeps nn.Sequential, which also runs where the kernels cannot be built.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
@@ -114,18 +114,25 @@ class ImplicitVolume(Geometry):
     def _fields(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """points [N,3] (world) → (density [N] ≥ 0, zero outside the ball; albedo logits [N,3])."""
         unit = (points / self.radius + 1.0) * 0.5
-        out = self.run_network(self.encoding(unit))
+        weights = self.kernel_weights(points)
+        features = self.encoding(unit, feature_major=weights is not None)
+        out = self.network(features) if weights is None else fused_mlp(features, weights)
         density = self.activate_density(out[:, 0] + self.density_bias(points))
         inside = points.square().sum(-1) <= self.radius**2
         return torch.where(inside, density, torch.zeros_like(density)), out[:, 1:]
 
+    def kernel_weights(self, like: Tensor) -> Optional[list[Tensor]]:
+        """The network's weights when it runs on the fused CPU kernel for inputs of ``like``'s dtype
+        and device, else None (the kernel computes bias-free Linear–ReLU stacks in float32/64)."""
+        weights = relu_stack_weights(self.network)
+        if weights is None or like.dtype not in (torch.float32, torch.float64) or any(w.dtype != like.dtype for w in weights):
+            return None
+        return weights if use_kernels(self.cfg.cpu_kernel, like, *weights) else None
+
     def run_network(self, features: Tensor) -> Tensor:
         """features [N, encoding.output_dim] → the network's outputs [N,4], on the fused CPU kernel when chosen."""
-        weights = relu_stack_weights(self.network)
-        if weights is not None and all(w.dtype == features.dtype for w in weights) and features.dtype in (torch.float32, torch.float64):
-            if use_kernels(self.cfg.cpu_kernel, features, *weights):
-                return fused_mlp(features, weights)
-        return self.network(features)
+        weights = self.kernel_weights(features)
+        return self.network(features) if weights is None else fused_mlp(features, weights)
 
     def forward(self, points: Tensor, with_normal: bool = False) -> dict[str, Tensor]:
         """points [N,3] (world) → density [N], albedo [N,3] in (0,1), and normal [N,3] if asked."""

@@ -7,7 +7,9 @@
 // (only the low bits of the products matter, so 32-bit unsigned arithmetic gives the same index);
 // corner c = 4·bx + 2·by + bz has weight wx·(wy·wz), and the corners are summed in that order, as
 // the torch path's embedding_bag and index_add_ do. The per-block index and weight loops run across
-// points so that the compiler vectorises them; the gathers and scatters stay scalar. The backward
+// points so that the compiler vectorises them; the gathers and scatters stay scalar. The forward
+// can write its features feature-major, the layout the fused MLP reads, and the backward reads its
+// gradient in either layout. The backward
 // pass gives each task whole levels: levels own disjoint table rows, so with several threads the
 // scatter-add needs no atomics.
 #include <ATen/ATen.h>
@@ -104,8 +106,10 @@ at::Tensor axes_of(const at::Tensor& x, const at::Tensor& table) {
   return x.t().contiguous();
 }
 
+// out[i·s_point + k·s_feature]: row-major [N, width] (s_feature = 1) or feature-major [width, N]
+// (s_point = 1: the layout the fused MLP reads fastest).
 template <typename scalar_t, int F>
-void forward_levels(const scalar_t* xs, const scalar_t* table, scalar_t* out, int64_t N, int64_t width,
+void forward_levels(const scalar_t* xs, const scalar_t* table, scalar_t* out, int64_t s_point, int64_t s_feature, int64_t N,
                     const Levels& lv, int64_t L) {
   at::parallel_for(0, N, 4 * kBlock, [&](int64_t begin, int64_t end) {
     Block<scalar_t> b;
@@ -116,16 +120,22 @@ void forward_levels(const scalar_t* xs, const scalar_t* table, scalar_t* out, in
         for (int64_t i = 0; i < n; ++i) {
           typename Row<scalar_t, F>::type acc = {};
           for (int c = 0; c < 8; ++c) acc += b.weight[c][i] * Row<scalar_t, F>::load(table + int64_t(b.row[c][i]) * F);
-          Row<scalar_t, F>::store(out + (start + i) * width + level * F, acc);
+          scalar_t* dst = out + (start + i) * s_point + level * F * s_feature;
+          if (s_feature == 1) {
+            Row<scalar_t, F>::store(dst, acc);
+          } else {
+            for (int f = 0; f < F; ++f) dst[f * s_feature] = acc[f];
+          }
         }
       }
     }
   });
 }
 
+// grad[i·s_point + k·s_feature]: the MLP's gradient arrives feature-major, the torch path's row-major.
 template <typename scalar_t, int F>
-void backward_table_levels(const scalar_t* xs, const scalar_t* grad, scalar_t* out, int64_t N, int64_t width,
-                           const Levels& lv, int64_t L) {
+void backward_table_levels(const scalar_t* xs, const scalar_t* grad, int64_t s_point, int64_t s_feature, scalar_t* out,
+                           int64_t N, const Levels& lv, int64_t L) {
   at::parallel_for(0, L, 1, [&](int64_t first, int64_t last) {
     Block<scalar_t> b;
     for (int64_t level = first; level < last; ++level) {
@@ -133,7 +143,8 @@ void backward_table_levels(const scalar_t* xs, const scalar_t* grad, scalar_t* o
         const int64_t n = std::min(kBlock, N - start);
         b.fill(xs, N, start, n, lv, level);
         for (int64_t i = 0; i < n; ++i) {  // point-major, then corner: index_add_'s order
-          const auto g = Row<scalar_t, F>::load(grad + (start + i) * width + level * F);
+          typename Row<scalar_t, F>::type g;
+          for (int f = 0; f < F; ++f) g[f] = grad[(start + i) * s_point + (level * F + f) * s_feature];
           for (int c = 0; c < 8; ++c) {
             scalar_t* dst = out + int64_t(b.row[c][i]) * F;
             Row<scalar_t, F>::store(dst, Row<scalar_t, F>::load(dst) + b.weight[c][i] * g);
@@ -189,27 +200,32 @@ void dispatch(at::ScalarType dtype, int64_t F, const Fn& fn) {
 }
 
 // x [N,3] in [0,1], table [T,F] → features [N, n_levels·F]; levels past the active ones are zero.
+// feature_major: the same values as a [N, n_levels·F] view of a [n_levels·F, N] tensor.
 at::Tensor hash_forward(const at::Tensor& x, const at::Tensor& table_in, c10::IntArrayRef resolutions,
-                        c10::IntArrayRef offsets, int64_t n_dense, int64_t log2_size, int64_t n_levels) {
+                        c10::IntArrayRef offsets, int64_t n_dense, int64_t log2_size, int64_t n_levels, bool feature_major) {
   const at::Tensor xs = axes_of(x, table_in), table = table_in.contiguous();
   const int64_t N = x.size(0), F = table.size(1), L = static_cast<int64_t>(resolutions.size());
   const Levels lv = levels_of(resolutions, offsets, n_dense, log2_size);
-  at::Tensor out = at::zeros({N, n_levels * F}, table.options());
+  at::Tensor out = feature_major ? at::empty({n_levels * F, N}, table.options()) : at::zeros({N, n_levels * F}, table.options());
+  if (feature_major) out.narrow(0, L * F, (n_levels - L) * F).zero_();
   dispatch(table.scalar_type(), F, [&]<typename scalar_t, int FF>() {
-    forward_levels<scalar_t, FF>(xs.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, n_levels * F, lv, L);
+    forward_levels<scalar_t, FF>(xs.data_ptr<scalar_t>(), table.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
+                                 feature_major ? 1 : n_levels * F, feature_major ? N : 1, N, lv, L);
   });
-  return out;
+  return feature_major ? out.t() : out;
 }
 
 // ∂loss/∂table [n_rows,F] from grad [N, n_levels·F]: grad_table[row_c] += w_c · grad.
 at::Tensor hash_backward_table(const at::Tensor& x, const at::Tensor& grad_in, c10::IntArrayRef resolutions,
                                c10::IntArrayRef offsets, int64_t n_dense, int64_t log2_size, int64_t n_rows, int64_t F) {
-  const at::Tensor xs = axes_of(x, grad_in), grad = grad_in.contiguous();
+  const at::Tensor xs = axes_of(x, grad_in), grad = grad_in;
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == x.size(0), "grad must be [N, n_levels·F]");
   const int64_t N = x.size(0), L = static_cast<int64_t>(resolutions.size());
   const Levels lv = levels_of(resolutions, offsets, n_dense, log2_size);
   at::Tensor out = at::zeros({n_rows, F}, grad.options());
   dispatch(grad.scalar_type(), F, [&]<typename scalar_t, int FF>() {
-    backward_table_levels<scalar_t, FF>(xs.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, grad.size(1), lv, L);
+    backward_table_levels<scalar_t, FF>(xs.data_ptr<scalar_t>(), grad.data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
+                                        out.data_ptr<scalar_t>(), N, lv, L);
   });
   return out;
 }
@@ -231,7 +247,7 @@ at::Tensor hash_backward_points(const at::Tensor& x, const at::Tensor& table_in,
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(threestudio_like_cpu, m) {
-  m.def("hash_forward(Tensor x, Tensor table, int[] resolutions, int[] offsets, int n_dense, int log2_size, int n_levels) -> Tensor");
+  m.def("hash_forward(Tensor x, Tensor table, int[] resolutions, int[] offsets, int n_dense, int log2_size, int n_levels, bool feature_major) -> Tensor");
   m.def("hash_backward_table(Tensor x, Tensor grad, int[] resolutions, int[] offsets, int n_dense, int log2_size, int n_rows, int F) -> Tensor");
   m.def("hash_backward_points(Tensor x, Tensor table, Tensor grad, int[] resolutions, int[] offsets, int n_dense, int log2_size) -> Tensor");
 }

@@ -4,9 +4,10 @@
 //
 // Inside a tile the activations are feature-major ([width][rows]), so every layer is
 // out[o][:] = Σ_k W[o][k] · in[k][:] with the vector lanes across rows: any width vectorises,
-// down to the 4-wide output layer. The backward pass recomputes the tile's hidden activations
-// from its input instead of keeping them (a hidden layer is 64 floats a row: kept, they would
-// stream through memory). The weights' gradients are accumulated lane-wise in per-chunk vectors
+// down to the 4-wide output layer. A forward pass that autograd will differentiate keeps the
+// tiles' hidden activations (written once, read once by the backward: cheaper than computing
+// them again, the widest layer); otherwise the backward recomputes them tile by tile from the
+// input. The weights' gradients are accumulated lane-wise in per-chunk vectors
 // and reduced once at the end. The sums run in a different order than a BLAS matrix product (and
 // with fused multiply-adds, which this file enables), so they agree with the torch path to float
 // rounding. ReLU keeps NaN (v < 0 ? 0 : v) and its backward zeroes where the output is ≤ 0, as
@@ -23,6 +24,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -135,6 +137,11 @@ struct Network {
   std::vector<Matrix<S>> layers;  // W_l [n_out][n_in] as stored by nn.Linear
   int64_t n_in() const { return layers.front().n_in; }
   int64_t n_out() const { return layers.back().n_out; }
+  int64_t hidden_vectors() const {  // a tile's hidden activations, in vectors
+    int64_t n = 0;
+    for (size_t l = 1; l < layers.size(); ++l) n += layers[l].n_in * kTileVectors;
+    return n;
+  }
   int64_t widest() const {
     int64_t w = n_in();
     for (const auto& m : layers) w = std::max(w, m.n_out);
@@ -155,6 +162,10 @@ struct Tile {
     Vec<S>* p = storage.data();
     for (const auto& m : net.layers) act.push_back(p), p += m.n_in * kTileVectors;
     out = p;
+  }
+  // the hidden activations live at p (a tile's slice of the kept ones) instead of in storage
+  void keep_hidden_at(const Network<S>& net, Vec<S>* p) {
+    for (size_t l = 1; l < net.layers.size(); ++l) act[l] = p, p += net.layers[l].n_in * kTileVectors;
   }
   // the hidden activations of the tile whose input is in act[0]
   void hidden(const Network<S>& net) {
@@ -181,8 +192,9 @@ std::vector<int64_t> chunk_bounds(int64_t n_tiles) {
   return bounds;
 }
 
+// hidden: nullptr, or where to keep every tile's hidden activations (hidden_vectors() a tile).
 template <typename S>
-void forward_rows(const Network<S>& net, const at::Tensor& x, S* y, int64_t N) {
+void forward_rows(const Network<S>& net, const at::Tensor& x, S* y, Vec<S>* hidden, int64_t N) {
   constexpr int T = Simd<S>::rows;
   const S* xp = x.data_ptr<S>();
   const int64_t O = net.n_out(), n_tiles = (N + T - 1) / T;
@@ -190,6 +202,7 @@ void forward_rows(const Network<S>& net, const at::Tensor& x, S* y, int64_t N) {
     Tile<S> tile(net);
     for (int64_t t = first; t < last; ++t) {
       const int64_t start = t * T, n = std::min<int64_t>(T, N - start);
+      if (hidden) tile.keep_hidden_at(net, hidden + t * net.hidden_vectors());
       load_tile(xp, x.stride(0), x.stride(1), net.n_in(), start, n, tile.act[0]);
       tile.hidden(net);
       product(net.layers.back(), tile.act.back(), tile.out);
@@ -216,8 +229,8 @@ Vec<S>* backward_tile(const Network<S>& net, const Tile<S>& tile, Vec<S>* g, Vec
 }
 
 template <typename S>
-void backward_rows(const Network<S>& net, const at::Tensor& x, const at::Tensor& grad, S* gx, std::vector<at::Tensor>& gw,
-                   int64_t N, bool want_x) {
+void backward_rows(const Network<S>& net, const at::Tensor& x, const at::Tensor& grad, Vec<S>* hidden, S* gx,
+                   std::vector<at::Tensor>& gw, int64_t N, bool want_x) {
   constexpr int T = Simd<S>::rows, lanes = Simd<S>::lanes;
   const int64_t n_tiles = (N + T - 1) / T, widest = net.widest(), L = net.layers.size();
   const std::vector<int64_t> bounds = chunk_bounds(n_tiles);
@@ -235,7 +248,11 @@ void backward_rows(const Network<S>& net, const at::Tensor& x, const at::Tensor&
       for (int64_t t = bounds[c]; t < bounds[c + 1]; ++t) {
         const int64_t start = t * T, n = std::min<int64_t>(T, N - start);
         load_tile(x.data_ptr<S>(), x.stride(0), x.stride(1), net.n_in(), start, n, tile.act[0]);
-        tile.hidden(net);
+        if (hidden) {
+          tile.keep_hidden_at(net, hidden + t * net.hidden_vectors());
+        } else {
+          tile.hidden(net);
+        }
         load_tile(grad.data_ptr<S>(), grad.stride(0), grad.stride(1), net.n_out(), start, n, g0.data());
         const Vec<S>* result = backward_tile(net, tile, g0.data(), g1.data(), G, want_x);
         if (!want_x) continue;
@@ -269,19 +286,32 @@ std::vector<at::Tensor> checked_weights(const at::Tensor& x, at::TensorList weig
   return out;
 }
 
-// x [N,K] (any strides), weights W_l [n_out,n_in] → y [N,O] = W_L·relu(…relu(W_0·x)).
-at::Tensor mlp_forward(const at::Tensor& x, at::TensorList weight_list) {
+// Where a tensor of kept hidden activations holds them (nullptr when it is empty: recompute).
+template <typename S>
+Vec<S>* hidden_of(const at::Tensor& hidden) {
+  return hidden.numel() ? reinterpret_cast<Vec<S>*>(hidden.data_ptr<S>()) : nullptr;
+}
+
+// x [N,K] (any strides), weights W_l [n_out,n_in] → (y [N,O] = W_L·relu(…relu(W_0·x)), the hidden
+// activations tile by tile for mlp_backward when keep_hidden, else an empty tensor).
+std::tuple<at::Tensor, at::Tensor> mlp_forward(const at::Tensor& x, at::TensorList weight_list, bool keep_hidden) {
   const std::vector<at::Tensor> weights = checked_weights(x, weight_list);
   const int64_t N = x.size(0);
   at::Tensor y = at::empty({N, weights.back().size(0)}, x.options());
+  at::Tensor hidden = at::empty({0}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_forward", [&] {
-    forward_rows<scalar_t>(network_of<scalar_t>(weights), x, y.data_ptr<scalar_t>(), N);
+    const Network<scalar_t> net = network_of<scalar_t>(weights);
+    constexpr int T = Simd<scalar_t>::rows, lanes = Simd<scalar_t>::lanes;
+    if (keep_hidden && net.hidden_vectors() > 0) hidden = at::empty({(N + T - 1) / T, net.hidden_vectors() * lanes}, x.options());
+    forward_rows<scalar_t>(net, x, y.data_ptr<scalar_t>(), hidden_of<scalar_t>(hidden), N);
   });
-  return y;
+  return {y, hidden};
 }
 
-// grad [N,O] → [∂x (a [N,K] view of a feature-major [K,N] tensor; empty unless want_x), ∂W_0, …, ∂W_L].
-std::vector<at::Tensor> mlp_backward(const at::Tensor& x, at::TensorList weight_list, const at::Tensor& grad, bool want_x) {
+// grad [N,O] and mlp_forward's kept hidden activations (or an empty tensor) → [∂x (a [N,K] view
+// of a feature-major [K,N] tensor; empty unless want_x), ∂W_0, …, ∂W_L].
+std::vector<at::Tensor> mlp_backward(const at::Tensor& x, at::TensorList weight_list, const at::Tensor& grad, const at::Tensor& hidden,
+                                     bool want_x) {
   const std::vector<at::Tensor> weights = checked_weights(x, weight_list);
   const int64_t N = x.size(0), K = x.size(1);
   TORCH_CHECK(grad.dim() == 2 && grad.size(0) == N && grad.size(1) == weights.back().size(0) && grad.scalar_type() == x.scalar_type(),
@@ -290,7 +320,12 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& x, at::TensorList weight_
   std::vector<at::Tensor> gw;
   for (const auto& w : weights) gw.push_back(at::empty_like(w));
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_backward", [&] {
-    backward_rows<scalar_t>(network_of<scalar_t>(weights), x, grad, want_x ? gx.data_ptr<scalar_t>() : nullptr, gw, N, want_x);
+    const Network<scalar_t> net = network_of<scalar_t>(weights);
+    constexpr int T = Simd<scalar_t>::rows, lanes = Simd<scalar_t>::lanes;
+    TORCH_CHECK(hidden.numel() == 0 || (hidden.is_contiguous() && hidden.scalar_type() == x.scalar_type() &&
+                                        hidden.numel() == (N + T - 1) / T * net.hidden_vectors() * lanes),
+                "hidden must be mlp_forward's kept activations of these rows");
+    backward_rows<scalar_t>(net, x, grad, hidden_of<scalar_t>(hidden), want_x ? gx.data_ptr<scalar_t>() : nullptr, gw, N, want_x);
   });
   std::vector<at::Tensor> out{want_x ? gx.t() : gx};
   out.insert(out.end(), gw.begin(), gw.end());
@@ -300,8 +335,8 @@ std::vector<at::Tensor> mlp_backward(const at::Tensor& x, at::TensorList weight_
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(threestudio_like_cpu, m) {
-  m.def("mlp_forward(Tensor x, Tensor[] weights) -> Tensor");
-  m.def("mlp_backward(Tensor x, Tensor[] weights, Tensor grad, bool want_x) -> Tensor[]");
+  m.def("mlp_forward(Tensor x, Tensor[] weights, bool keep_hidden) -> (Tensor, Tensor)");
+  m.def("mlp_backward(Tensor x, Tensor[] weights, Tensor grad, Tensor hidden, bool want_x) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(threestudio_like_cpu, CPU, m) {
