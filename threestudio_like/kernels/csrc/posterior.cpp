@@ -14,6 +14,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -138,60 +139,55 @@ void rebase(Row& row, float* acc, int64_t D) {
   row.base = row.max;
 }
 
-// x [U,D] the unique centred noisy images; row_of [N] which of them each row is; sqrt_a, half_a,
-// one_minus_a [N] √ᾱ, ᾱ/2, 1 − ᾱ per row; log_w [N,K]; refs [K,D]; sq_norms [K] → Σ_i p_ni r_i [N,D].
-at::Tensor posterior_mean(const at::Tensor& x_in, const at::Tensor& row_of_in, const at::Tensor& sqrt_a_in,
-                          const at::Tensor& half_a_in, const at::Tensor& one_minus_a_in, const at::Tensor& log_w_in,
-                          const at::Tensor& refs_in, const at::Tensor& sq_norms_in, double log_cut_in) {
-  TORCH_CHECK(x_in.scalar_type() == at::kFloat && refs_in.scalar_type() == at::kFloat, "posterior_mean takes float32");
-  const at::Tensor x = x_in.contiguous(), refs = refs_in.contiguous(), log_w = log_w_in.contiguous();
-  const at::Tensor row_of = row_of_in.to(at::kLong).contiguous(), sq_norms = sq_norms_in.contiguous();
-  const at::Tensor sqrt_a = sqrt_a_in.contiguous(), half_a = half_a_in.contiguous(), one_minus_a = one_minus_a_in.contiguous();
-  const int64_t U = x.size(0), D = x.size(1), N = row_of.size(0), K = refs.size(0);
-  TORCH_CHECK(refs.size(1) == D && log_w.size(0) == N && log_w.size(1) == K && sq_norms.size(0) == K, "posterior_mean: shapes disagree");
-  const float* xp = x.data_ptr<float>();
-  const float* rp = refs.data_ptr<float>();
-  const float* lw = log_w.data_ptr<float>();
-  const float* sq = sq_norms.data_ptr<float>();
-  const int64_t* ro = row_of.data_ptr<int64_t>();
-  const float *sa = sqrt_a.data_ptr<float>(), *ha = half_a.data_ptr<float>(), *om = one_minus_a.data_ptr<float>();
-  const float log_cut = static_cast<float>(log_cut_in);
-  const float minus_inf = -std::numeric_limits<float>::infinity();
+// One call's state: the inputs (x [U,D] the distinct centred noisy images, row_of [N] which of
+// them each row is, √ᾱ, ᾱ/2, 1 − ᾱ [N] per row, log_w [N,K], refs [K,D], sq_norms [K]), the rows'
+// running sums (acc [N,D], their Row) and one block's scratch.
+struct Pass {
+  int64_t U, D, N, K;
+  const float *x, *refs, *log_w, *sq, *sqrt_a, *half_a, *one_minus_a;
+  const int64_t* row_of;
+  float log_cut;
+  float* acc;
+  std::vector<Row> rows;
+  std::vector<float> dots, logits, p;
+  std::vector<uint8_t> wanted;
+  std::vector<int> slot, live;
+  std::vector<const float*> xs, rs, kept;
+  std::vector<float*> accs;
+  int n_live = 0;
 
-  at::Tensor out = at::zeros({N, D}, x.options());
-  float* acc = out.data_ptr<float>();
-  std::vector<Row> rows(N);
-  std::vector<float> dots(kBlock * U), logits(kBlock * N), p(kBlock * kGroup);
-  std::vector<uint8_t> wanted(U);
-  std::vector<int> slot(U), live(kBlock);
-  std::vector<const float*> xs(U), rs(kBlock), kept(kBlock);
-  std::vector<float*> accs(kGroup);
+  void allocate() {
+    rows.assign(N, Row{});
+    dots.resize(kBlock * U), logits.resize(kBlock * N), p.resize(kBlock * kGroup);
+    wanted.resize(U), slot.resize(U), live.resize(kBlock), xs.resize(U), rs.resize(kBlock), kept.resize(kBlock), accs.resize(kGroup);
+  }
 
-  for (int64_t i0 = 0; i0 < K; i0 += kBlock) {
-    const int64_t nb = std::min(kBlock, K - i0);
-    // the block's references some row weighs, and the unique rows those rows read
+  // The logits [live][N] of block [i0, i0 + nb): only its references some row weighs (the others are
+  // never read), their products with the distinct rows those rows read; each row's running maximum.
+  void block_logits(int64_t i0, int64_t nb) {
+    const float minus_inf = -std::numeric_limits<float>::infinity();
     std::fill(wanted.begin(), wanted.end(), 0);
-    int nl = 0;
+    n_live = 0;
     for (int64_t j = 0; j < nb; ++j) {
       bool any = false;
       for (int64_t n = 0; n < N; ++n) {
-        if (lw[n * K + i0 + j] != minus_inf) { any = true; wanted[ro[n]] = 1; }
+        if (log_w[n * K + i0 + j] != minus_inf) any = true, wanted[row_of[n]] = 1;
       }
-      if (any) { rs[nl] = rp + (i0 + j) * D; live[nl++] = static_cast<int>(i0 + j); }
+      if (any) rs[n_live] = refs + (i0 + j) * D, live[n_live++] = static_cast<int>(i0 + j);
     }
-    if (nl == 0) continue;
+    if (n_live == 0) return;
     int nu = 0;
     for (int64_t u = 0; u < U; ++u) {
-      if (wanted[u]) { slot[u] = nu; xs[nu++] = xp + u * D; }
+      if (wanted[u]) slot[u] = nu, xs[nu++] = x + u * D;
     }
-    dots_of(rs.data(), nl, xs.data(), nu, D, dots.data(), static_cast<int>(U));
-    for (int j = 0; j < nl; ++j) {
+    dots_of(rs.data(), n_live, xs.data(), nu, D, dots.data(), static_cast<int>(U));
+    for (int j = 0; j < n_live; ++j) {
       const int64_t i = live[j];
       for (int64_t n = 0; n < N; ++n) {
-        const float w = lw[n * K + i];
+        const float w = log_w[n * K + i];
         float L = minus_inf;
         if (w != minus_inf) {
-          L = (sa[n] * dots[j * U + slot[ro[n]]] - ha[n] * sq[i]) / om[n] + w;
+          L = (sqrt_a[n] * dots[j * U + slot[row_of[n]]] - half_a[n] * sq[i]) / one_minus_a[n] + w;
           Row& row = rows[n];
           if (std::isnan(L) || L == std::numeric_limits<float>::infinity()) row.bad = true;
           else if (L > row.max) row.max = L;
@@ -199,16 +195,20 @@ at::Tensor posterior_mean(const at::Tensor& x_in, const at::Tensor& row_of_in, c
         logits[j * N + n] = L;
       }
     }
-    // each group of rows: its weights, then the references any of them keeps, added in one tile
+  }
+
+  // The block's terms of each group of kGroup rows: every finite logit joins the normaliser, those
+  // within log_cut of the running maximum the weighted sum (one register tile per group).
+  void block_sums() {
+    const float minus_inf = -std::numeric_limits<float>::infinity();
     for (int64_t g0 = 0; g0 < N; g0 += kGroup) {
       const int gn = static_cast<int>(std::min<int64_t>(kGroup, N - g0));
       for (int n = 0; n < gn; ++n) {
-        Row& row = rows[g0 + n];
         accs[n] = acc + (g0 + n) * D;
-        if (!row.bad) rebase(row, accs[n], D);
+        if (!rows[g0 + n].bad) rebase(rows[g0 + n], accs[n], D);
       }
       int nk = 0;
-      for (int j = 0; j < nl; ++j) {
+      for (int j = 0; j < n_live; ++j) {
         bool any = false;
         for (int n = 0; n < gn; ++n) {
           Row& row = rows[g0 + n];
@@ -217,7 +217,7 @@ at::Tensor posterior_mean(const at::Tensor& x_in, const at::Tensor& row_of_in, c
           if (!row.bad && L != minus_inf) {
             const float e = std::exp(L - row.base);
             row.norm += e;
-            if (L >= row.max + log_cut) { pn = e; any = true; }
+            if (L >= row.max + log_cut) pn = e, any = true;
           }
           p[nk * kGroup + n] = pn;
         }
@@ -226,12 +226,42 @@ at::Tensor posterior_mean(const at::Tensor& x_in, const at::Tensor& row_of_in, c
       if (nk > 0) accumulate(accs.data(), gn, kept.data(), nk, p.data(), kGroup, D);
     }
   }
-  for (int64_t n = 0; n < N; ++n) {
-    float* a = acc + n * D;
-    const float inv = rows[n].bad ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(1.0 / rows[n].norm);
+
+  // acc /= the normaliser; NaN rows where a logit was NaN or +∞.
+  void normalise() {
+    for (int64_t n = 0; n < N; ++n) {
+      float* a = acc + n * D;
+      const float inv = rows[n].bad ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(1.0 / rows[n].norm);
 #pragma omp simd
-    for (int64_t d = 0; d < D; ++d) a[d] *= inv;
+      for (int64_t d = 0; d < D; ++d) a[d] *= inv;
+    }
   }
+};
+
+// → Σ_i p_ni r_i [N,D] (see Pass for the inputs).
+at::Tensor posterior_mean(const at::Tensor& x_in, const at::Tensor& row_of_in, const at::Tensor& sqrt_a_in,
+                          const at::Tensor& half_a_in, const at::Tensor& one_minus_a_in, const at::Tensor& log_w_in,
+                          const at::Tensor& refs_in, const at::Tensor& sq_norms_in, double log_cut) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && refs_in.scalar_type() == at::kFloat, "posterior_mean takes float32");
+  const at::Tensor x = x_in.contiguous(), refs = refs_in.contiguous(), log_w = log_w_in.to(at::kFloat).contiguous();
+  const at::Tensor row_of = row_of_in.to(at::kLong).contiguous(), sq_norms = sq_norms_in.to(at::kFloat).contiguous();
+  const at::Tensor sqrt_a = sqrt_a_in.to(at::kFloat).contiguous(), half_a = half_a_in.to(at::kFloat).contiguous();
+  const at::Tensor one_minus_a = one_minus_a_in.to(at::kFloat).contiguous();
+  Pass pass;
+  pass.U = x.size(0), pass.D = x.size(1), pass.N = row_of.size(0), pass.K = refs.size(0);
+  TORCH_CHECK(refs.size(1) == pass.D && log_w.size(0) == pass.N && log_w.size(1) == pass.K && sq_norms.size(0) == pass.K,
+              "posterior_mean: shapes disagree");
+  at::Tensor out = at::zeros({pass.N, pass.D}, x.options());
+  pass.x = x.data_ptr<float>(), pass.refs = refs.data_ptr<float>(), pass.log_w = log_w.data_ptr<float>();
+  pass.sq = sq_norms.data_ptr<float>(), pass.sqrt_a = sqrt_a.data_ptr<float>(), pass.half_a = half_a.data_ptr<float>();
+  pass.one_minus_a = one_minus_a.data_ptr<float>(), pass.row_of = row_of.data_ptr<int64_t>();
+  pass.log_cut = static_cast<float>(log_cut), pass.acc = out.data_ptr<float>();
+  pass.allocate();
+  for (int64_t i0 = 0; i0 < pass.K; i0 += kBlock) {
+    pass.block_logits(i0, std::min(kBlock, pass.K - i0));
+    if (pass.n_live > 0) pass.block_sums();
+  }
+  pass.normalise();
   return out;
 }
 
