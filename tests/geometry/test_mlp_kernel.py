@@ -108,26 +108,65 @@ def test_only_the_bias_free_relu_stack_goes_to_the_kernel():
     assert relu_stack_weights(torch.nn.Sequential(torch.nn.Linear(4, 4, bias=False), torch.nn.Tanh(), torch.nn.Linear(4, 2, bias=False))) is None
 
 
-def test_implicit_volume_fields_match_on_both_paths():
+@pytest.mark.parametrize("bias", ["blob_magic3d", "blob_dreamfusion", "none"])
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_implicit_volume_fields_match_on_both_paths(bias, activation):
+    """The fused MLP and the compiled density/albedo pass against nn.Sequential and the PyTorch
+    operations: points inside and outside the ball, raw densities past softplus's threshold (20)
+    and past the truncated exp's gradient clamp (15)."""
     encoding = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, start_level=4)
-    cfg = ImplicitVolumeConfig(pos_encoding=encoding, mlp_hidden_layers=2)
+    cfg = ImplicitVolumeConfig(pos_encoding=encoding, mlp_hidden_layers=2, density_bias=bias, density_activation=activation,
+                               radius=1.5, density_blob_scale=12.0)
     geometry = ImplicitVolume(cfg)
     with torch.no_grad():
         geometry.encoding.table.normal_(0.0, 1.0)
-    points = torch.rand(777, 3) * 2.0 - 1.0
+        geometry.network[-1].weight.mul_(600.0)  # raw outputs of ±20 and more (a fresh layer gives ±0.04)
+    torch.manual_seed(6)
+    points = (torch.rand(777, 3) * 2.0 - 1.0) * 1.5  # a quarter or so outside the ball
     params = list(geometry.parameters())
 
     def run(choice):
         geometry.cfg.cpu_kernel = choice
         out = geometry(points)
-        loss = (out["density"] * torch.linspace(-1, 1, len(points))).sum() + (out["albedo"] * 0.3).sum()
+        loss = (out["density"] * torch.linspace(-1, 1, len(points))).sum() + (out["albedo"] * torch.rand(len(points), 3)).sum()
         return out, torch.autograd.grad(loss, params)
 
-    (k_out, k_grads), (t_out, t_grads) = run(True), run(False)
-    for key in ("density", "albedo"):
-        torch.testing.assert_close(k_out[key], t_out[key], rtol=1e-5, atol=1e-5, msg=key)
+    torch.manual_seed(7)
+    k_out, k_grads = run(True)
+    torch.manual_seed(7)
+    t_out, t_grads = run(False)
+    inside = points.square().sum(-1) <= 1.5**2
+    assert (~inside).sum() > 50 and (k_out["density"][~inside] == 0).all()
+    assert (k_out["density"][inside] > 20).any() and (k_out["density"][inside] < 1).any()  # past both thresholds, and below
+    # exp turns the MLP's rounding of a raw density of ~50 (a few 1e-6, the sums' order) into that relative error
+    torch.testing.assert_close(k_out["density"], t_out["density"], rtol=1e-4 if activation == "exp" else 1e-5, atol=1e-5)
+    torch.testing.assert_close(k_out["albedo"], t_out["albedo"], rtol=1e-5, atol=1e-5)
     for k, t in zip(k_grads, t_grads):
         torch.testing.assert_close(k, t, rtol=1e-4, atol=1e-5 * float(t.abs().max()))
+
+
+@pytest.mark.parametrize("activation", ["softplus", "exp"])
+def test_compiled_fields_pass_nan_as_the_torch_operations_do(activation):
+    """A NaN raw density: NaN density inside the ball, 0 outside, and NaN gradients in both places
+    (autograd through torch.where multiplies the zero by the activation's NaN derivative)."""
+    from threestudio_like.kernels.nerf_fields import ACTIVATIONS, BIASES, FieldSpec, nerf_fields
+
+    spec = FieldSpec(BIASES["blob_magic3d"], 10.0, 0.5, ACTIVATIONS[activation], 1.0)
+    points = torch.tensor([[0.1, 0.2, 0.3], [1.0, 1.0, 1.0], [0.0, 0.0, 0.5]])
+    raw = torch.tensor([[float("nan"), 0.0, 1.0, -1.0], [float("nan"), 2.0, 0.0, 0.0], [30.0, 0.0, 0.0, 0.0]], requires_grad=True)
+    density, albedo = nerf_fields(raw, points, spec)
+    g_raw, = torch.autograd.grad(density.sum() + albedo.sum(), raw)
+    geometry = ImplicitVolume(ImplicitVolumeConfig(density_activation=activation))
+    raw_t = raw.detach().requires_grad_(True)
+    d_t = geometry.activate_density(raw_t[:, 0] + geometry.density_bias(points))
+    d_t = torch.where(points.square().sum(-1) <= 1.0, d_t, torch.zeros_like(d_t))
+    a_t = torch.sigmoid(raw_t[:, 1:])
+    g_t, = torch.autograd.grad(d_t.sum() + a_t.sum(), raw_t)
+    assert torch.isnan(density[0]) and density[1] == 0
+    torch.testing.assert_close(density, d_t, equal_nan=True)
+    torch.testing.assert_close(albedo, a_t)
+    assert torch.equal(torch.isnan(g_raw), torch.isnan(g_t)) and torch.isnan(g_raw[1, 0])
+    torch.testing.assert_close(g_raw, g_t, equal_nan=True)
 
 
 def test_cpu_kernel_key_of_the_implicit_volume():

@@ -5,8 +5,9 @@ the encoding, and density is zero outside the ball. A fresh field is a soft blob
 so the first renders show an object for the prior to shape rather than empty space.
 
 On a CPU the network runs, by default, as one compiled fused forward and backward over tiles of
-rows (threestudio_like/kernels: the same function, to float rounding); ``cpu_kernel: false``
-keeps nn.Sequential, which also runs where the kernels cannot be built.
+rows, and the density bias, activation, ball mask and albedo sigmoid after it as one compiled
+pass (threestudio_like/kernels: the same functions, to float rounding); ``cpu_kernel: false``
+keeps nn.Sequential and the PyTorch operations, which also run where the kernels cannot be built.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.kernels import kernel_choice, use_kernels
 from threestudio_like.kernels.mlp import fused_mlp, relu_stack_weights
+from threestudio_like.kernels.nerf_fields import ACTIVATIONS, BIASES, FieldSpec, nerf_fields
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_above, check_at_least, check_learning_rates
 
@@ -112,14 +114,22 @@ class ImplicitVolume(Geometry):
         return F.softplus(raw) if self.cfg.density_activation == "softplus" else _TruncExp.apply(raw)
 
     def _fields(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points [N,3] (world) → (density [N] ≥ 0, zero outside the ball; albedo logits [N,3])."""
+        """points [N,3] (world) → (density [N] ≥ 0, zero outside the ball; albedo [N,3] in (0,1))."""
         unit = (points / self.radius + 1.0) * 0.5
         weights = self.kernel_weights(points)
         features = self.encoding(unit, feature_major=weights is not None)
+        if weights is not None and not points.requires_grad:  # the fused kernels end to end
+            return nerf_fields(fused_mlp(features, weights), points, self.field_spec())
         out = self.network(features) if weights is None else fused_mlp(features, weights)
         density = self.activate_density(out[:, 0] + self.density_bias(points))
         inside = points.square().sum(-1) <= self.radius**2
-        return torch.where(inside, density, torch.zeros_like(density)), out[:, 1:]
+        return torch.where(inside, density, torch.zeros_like(density)), torch.sigmoid(out[:, 1:])
+
+    def field_spec(self) -> FieldSpec:
+        """The density bias, activation and ball as the compiled fields kernel reads them."""
+        cfg = self.cfg
+        return FieldSpec(BIASES[cfg.density_bias], float(cfg.density_blob_scale), float(cfg.density_blob_std),
+                         ACTIVATIONS[cfg.density_activation], self.radius**2)
 
     def kernel_weights(self, like: Tensor) -> Optional[list[Tensor]]:
         """The network's weights when it runs on the fused CPU kernel for inputs of ``like``'s dtype
@@ -136,8 +146,8 @@ class ImplicitVolume(Geometry):
 
     def forward(self, points: Tensor, with_normal: bool = False) -> dict[str, Tensor]:
         """points [N,3] (world) → density [N], albedo [N,3] in (0,1), and normal [N,3] if asked."""
-        density, logits = self._fields(points)
-        result = {"density": density, "albedo": torch.sigmoid(logits)}
+        density, albedo = self._fields(points)
+        result = {"density": density, "albedo": albedo}
         if with_normal:
             result["normal"] = self.normal(points)
         return result
@@ -146,7 +156,7 @@ class ImplicitVolume(Geometry):
         return self._fields(points)[0]
 
     def color(self, points: Tensor) -> Tensor:
-        return torch.sigmoid(self._fields(points)[1])
+        return self._fields(points)[1]
 
     def normal(self, points: Tensor) -> Tensor:
         """points [N,3] → unit normals −∇σ/‖∇σ‖ [N,3] by central differences (eps in world units)."""
