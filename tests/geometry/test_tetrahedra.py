@@ -311,3 +311,33 @@ def test_checkpoint_round_trip_and_texture_stage_from_a_refined_grid(tmp_path, k
     other = tet_grid(isosurface_resolution=16)
     with pytest.raises(ValueError, match="isosurface_resolution=24"):
         other.load_state_dict(torch.load(path))
+
+
+def level_rows(encoding, level: int) -> slice:
+    """The table rows of one hash level (dense levels hold (N + 1)³ rows, hashed ones the table size)."""
+    size = 2 ** encoding.cfg.log2_hashmap_size
+    rows = (encoding.resolutions[level] + 1) ** 3 if level < encoding.n_dense else size
+    return slice(encoding.offset_list[level], encoding.offset_list[level] + rows)
+
+
+def test_color_levels_caps_the_colour_fields_levels_even_over_inherited_ones():
+    capped, full = tet_grid(color_levels=2), tet_grid()
+    points = torch.rand(256, 3) * 0.8 - 0.4
+    for grid in (capped, full):
+        grid.inherited_levels.fill_(grid.cfg.pos_encoding.n_levels)  # as a copied NeRF field sets it
+        grid.update_step(0, 100)
+        with torch.no_grad():
+            grid.encoding.table.normal_(0.0, 0.5)
+    results = {}
+    for name, grid in (("capped", capped), ("full", full)):
+        before = grid.color(points).detach()
+        with torch.no_grad():  # the finest level: the capped field never reads it
+            grid.encoding.table[level_rows(grid.encoding, 3)] += 1.0
+        after_fine = grid.color(points).detach()
+        with torch.no_grad():  # its second level, which it reads
+            grid.encoding.table[level_rows(grid.encoding, 1)] += 1.0
+        results[name] = (torch.equal(after_fine, before), torch.equal(grid.color(points).detach(), after_fine))
+    assert results == {"capped": (True, False), "full": (False, False)}
+    assert capped.encoding.active_levels == 2 and full.encoding.active_levels == 4
+    with pytest.raises(ConfigError, match="color_levels=99"):
+        tet_config(color_levels=99)

@@ -75,6 +75,10 @@ class TetrahedraSDFGridConfig:
     lr_deformation: float = 0.01
     lr_encoding: float = 0.01
     lr_network: float = 0.001
+    # hash levels the colour field uses, coarsest first, whatever pos_encoding's schedule or a copied
+    # field's levels say (0 = all): finer levels than a training render resolves on the object only
+    # add dots (configs/refine-texture.yaml)
+    color_levels: int = 0
     color_fit_steps: int = 300  # create_from a geometry without a NeRF colour field: fit this long
     color_fit_points: int = 16384
 
@@ -101,6 +105,9 @@ class TetrahedraSDFGridConfig:
                              "(of the largest part's volume; 0 = keep every part)")
         if not 1 <= self.convert_supersample <= 4:
             raise ValueError(f"convert_supersample={self.convert_supersample} must be an integer from 1 to 4")
+        if not 0 <= self.color_levels <= self.pos_encoding.n_levels:
+            raise ValueError(f"color_levels={self.color_levels} must lie in [0, pos_encoding.n_levels="
+                             f"{self.pos_encoding.n_levels}] (0 = every level)")
         if self.mlp_neurons < 1 or self.mlp_hidden_layers < 0 or self.color_fit_steps < 0 or self.color_fit_points < 1:
             raise ValueError(
                 f"mlp_neurons={self.mlp_neurons}, color_fit_points={self.color_fit_points} must be >= 1 and "
@@ -238,7 +245,8 @@ class TetrahedraSDFGrid(Geometry):
     def update_step(self, step: int, max_steps: int) -> None:
         self.encoding.update_step(step)
         inherited = min(int(self.inherited_levels), self.cfg.pos_encoding.n_levels)
-        self.encoding.active_levels = max(self.encoding.active_levels, inherited)
+        active = max(self.encoding.active_levels, inherited)
+        self.encoding.active_levels = min(active, self.cfg.color_levels) if self.cfg.color_levels else active
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         """A checkpoint of another resolution is one clear error; a loaded grid drops the cached mesh."""
