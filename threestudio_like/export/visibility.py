@@ -121,9 +121,9 @@ def seen_points(points: Tensor, normals: Tensor, vertices: Tensor, faces: Tensor
 def fill_unseen(colors: np.ndarray, points: np.ndarray, seen: np.ndarray, sources: np.ndarray | None = None) -> np.ndarray:
     """colors [N,3] of points [N,3] → a copy in which every unseen point (seen [N] False) has the
     colour of the nearest seen point (Euclidean, 3D; found approximately, at most 1.5× as far as the
-    nearest) among ``sources`` [N] (default: every seen
-    point; all of them again when no seen point is a source); seen points keep theirs exactly.
-    When no point is seen there is nothing to copy from: the colours come back unchanged."""
+    nearest) among ``sources`` [N] (default: every seen point; all of them again when no seen point
+    is a source); seen points keep theirs exactly. When no point is seen there is nothing to copy
+    from: the colours come back unchanged."""
     filled = np.array(colors, copy=True)
     seen = np.asarray(seen, dtype=bool)
     if seen.all() or not seen.any():
