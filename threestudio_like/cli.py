@@ -78,10 +78,13 @@ def build(cfg: ExperimentConfig, device: torch.device):
     sampler = lookup("data", cfg.data_type)(cfg.data)
     system = lookup("system", cfg.system_type)(cfg.system, sampler, device)
     convert_from = getattr(cfg.system, "geometry_convert_from", None)
-    if convert_from and not cfg.resume:  # a resumed refined run has its own geometry in its checkpoint
-        from threestudio_like.systems.convert import convert_system_geometry
+    if convert_from:
+        from threestudio_like.systems.convert import convert_system_geometry, restore_source_options
 
-        convert_system_geometry(system, convert_from)
+        if cfg.resume:  # a resumed refined run has its own geometry in its checkpoint: only its options
+            restore_source_options(system, cfg.resume)
+        else:
+            convert_system_geometry(system, convert_from)
     return system, Trainer
 
 

@@ -239,6 +239,37 @@ def test_coarse_refine_chain_writes_a_textured_mesh_that_trimesh_reads(refined_c
     assert asset["components"] >= 1 and np.isfinite(asset["chamfer"])
 
 
+def test_a_resumed_refined_run_gets_its_source_types_options_back(refined_chain, tmp_path):
+    """The geometry stage converted from a NeRF: resumed, its geometry is built with the options of
+    system.geometry_convert_options.implicit-volume again (here a learning rate), before the
+    checkpoint loads; a checkpoint outside its run folder (no convert_from.json) keeps the plain ones."""
+    import shutil
+    from pathlib import Path
+
+    from threestudio_like.cli import build
+    from threestudio_like.config import load_config
+
+    coarse, geometry, _, out, code = refined_chain
+    assert code == 0, out[-2000:]
+    root = Path(__file__).resolve().parents[2]
+    ckpt = geometry / "ckpts" / "last.ckpt"
+    moved = tmp_path / "elsewhere" / "last.ckpt"
+    moved.parent.mkdir()
+    shutil.copy(ckpt, moved)
+
+    def sdf_rates(resume, *overrides):
+        cfg = load_config(root / "configs/refine-geometry.yaml", [
+            f"system.geometry_convert_from={coarse}", f"resume={resume}", *SMALL, *TINY_REFINE, *overrides])
+        system, _ = build(cfg, torch.device("cpu"))
+        (group,) = [g for g in system.optimizers["geometry"].param_groups if g.get("name") == "sdf"]
+        return system.geometry.cfg.lr_sdf, group["lr"]
+
+    option = "system.geometry_convert_options.implicit-volume.lr_sdf=0.05"
+    assert sdf_rates(ckpt, option) == (0.05, 0.05)
+    assert sdf_rates(ckpt) == (0.01, 0.01)
+    assert sdf_rates(moved, option) == (0.01, 0.01)
+
+
 def test_refine_bench_row_from_the_chain_folders(refined_chain, tmp_path):
     """bench/refine.py's row, table and doc section (what bench/quality.py --refine writes) from
     real run folders: each end's numbers are its own quality.json's asset measures."""

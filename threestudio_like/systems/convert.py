@@ -132,6 +132,22 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     return record
 
 
+def restore_source_options(system, resume: str | os.PathLike) -> None:
+    """A resumed refined run: rebuild ``system.geometry`` with the options of the source type it was
+    converted from (its run folder's convert_from.json), as the run's first start built it, so that
+    its config (e.g. a Gaussian source's learning rates) is the same before the checkpoint loads."""
+    record_path = Path(resume).resolve().parent.parent / RECORD_NAME
+    if not record_path.is_file():
+        return
+    cfg = system.cfg
+    source_type = json.loads(record_path.read_text()).get("geometry_type")
+    if source_type not in cfg.geometry_convert_options:
+        return
+    geometry_cfg = with_source_options(cfg.geometry, cfg.geometry_convert_options, source_type)
+    system.geometry = lookup("geometry", cfg.geometry_type)(geometry_cfg).to(system.device)
+    system.build_optimizers()
+
+
 def write_record(run_dir: str | os.PathLike, record: dict[str, Any]) -> Path:
     """Write convert_from.json into ``run_dir`` (temp file + rename)."""
     return write_text(Path(run_dir) / RECORD_NAME, json.dumps(record, indent=2) + "\n")
