@@ -8,7 +8,7 @@ import torch
 import trimesh
 
 from threestudio_like.cli import main
-from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler, make_cameras, orbit_cameras
+from threestudio_like.data.cameras import RandomCameraConfig, RandomCameraSampler, orbit_cameras
 from threestudio_like.priors.embedded import EmbeddedPrior, EmbeddedPriorConfig
 from threestudio_like.priors.scenes import parse_prompt
 from threestudio_like.systems.quality import count_components, measure_asset
