@@ -155,6 +155,13 @@ def test_bad_threshold_is_a_one_line_config_error():
         ExportConfig(isosurface_threshold="high")
 
 
+@pytest.mark.parametrize("key", ["decimate_target_faces", "texture_padding", "texture_dilation"])
+def test_negative_counts_are_one_line_config_errors(key):
+    with pytest.raises(ValueError, match=f"{key}") as error:
+        ExportConfig(**{key: -1})
+    assert "\n" not in str(error.value) and ">= 0" in str(error.value)
+
+
 def test_textured_obj_reads_back_with_uvs_and_its_texture(tmp_path):
     paths = export_geometry(ball(0.5, front_red), tmp_path / "export", cfg())
     assert {p.name for p in (tmp_path / "export").iterdir()} == {"model.obj", "model.mtl", "texture_kd.png", "model.glb", "export.json"}

@@ -106,6 +106,7 @@ class ExportConfig:
         if not 0.0 < self.auto_threshold_fraction < 1.0:
             raise ValueError(f"auto_threshold_fraction={self.auto_threshold_fraction} must be in (0, 1)")
         check_at_least(self, 1, "chunk_size")
+        check_at_least(self, 0, "decimate_target_faces", "texture_padding", "texture_dilation")
         check_between(self, 1, 10000, "fill_unseen_views")
         check_between(self, 16, 4096, "fill_unseen_resolution")
         check_between(self, 1.0, 90.0, "fill_unseen_max_angle")
@@ -114,7 +115,6 @@ class ExportConfig:
     def fill_settings(self) -> FillSettings:
         return FillSettings(self.fill_unseen_views, self.fill_unseen_resolution, self.fill_unseen_max_angle,
                             self.fill_unseen_background_fraction)
-        check_at_least(self, 0, "decimate_target_faces", "texture_padding", "texture_dilation")
 
 
 def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:
