@@ -17,10 +17,13 @@ O(surface) gathers; no tetrahedron list is ever stored.
 from __future__ import annotations
 
 import itertools
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from threestudio_like.kernels.rasterize import surface_topology
 
 # corner c of a unit cube is the offset (c >> 2 & 1, c >> 1 & 1, c & 1), matching the flat index order
 CORNERS = np.array([[(c >> 2) & 1, (c >> 1) & 1, c & 1] for c in range(8)])
@@ -136,15 +139,31 @@ def cube_tetrahedra(cube_ids: Tensor, resolution: int) -> Tensor:
     return (origin[:, None, None] + tets[None]).reshape(-1, 4)
 
 
-def marching_tetrahedra(positions_of, sdf: Tensor, resolution: int) -> tuple[Tensor, Tensor]:
+def _edge_zeros(positions_of, sdf: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """The zeros [E,3] of the linear interpolant along the lattice edges a → b [E] (with autograd)."""
+    s_a, s_b = sdf[a].unsqueeze(-1), sdf[b].unsqueeze(-1)
+    p = positions_of(torch.cat([a, b]))
+    p_a, p_b = p[: len(a)], p[len(a) :]
+    return (s_a * p_b - s_b * p_a) / (s_a - s_b)  # the signs differ, so the denominator is never 0
+
+
+def marching_tetrahedra(positions_of, sdf: Tensor, resolution: int, compiled: bool = False,
+                        min_faces: Optional[float] = None) -> tuple[Tensor, Tensor]:
     """Surface {sdf = 0} of the lattice.
 
     positions_of: callable, vertex ids [N] → positions [N,3] (the deformed lattice, with autograd);
     sdf [(R+1)³] (positive inside) → (v_pos [Vs,3], faces [Fs,3] long), outward winding.
-    Only the vertices at the ends of crossing edges are ever positioned.
+    Only the vertices at the ends of crossing edges are ever positioned. ``compiled``: the topology
+    from kernels/csrc/marching_tets.cpp (the same lists), which also drops the components with fewer
+    than ``min_faces`` faces (as geometry/mesh.py's remove_small_components) unless it is None;
+    the torch path ignores ``min_faces``.
     """
     device = sdf.device
     inside = sdf > 0
+    if compiled:
+        table = (torch.as_tensor(KUHN_TETS), torch.as_tensor(TRI_TABLE), torch.as_tensor(TRI_COUNT))
+        a, b, faces = surface_topology(inside, resolution, *table, min_faces)
+        return _edge_zeros(positions_of, sdf, a, b), faces
     tets = cube_tetrahedra(active_cube_ids(inside, resolution), resolution)  # [T,4]
     weights = 2 ** torch.arange(4, device=device)
     case = (inside[tets].long() * weights).sum(-1)
@@ -160,10 +179,7 @@ def marching_tetrahedra(positions_of, sdf: Tensor, resolution: int) -> tuple[Ten
     unique_keys, slot = torch.unique(keys[crossing], return_inverse=True)
     edge_vertex = torch.full_like(keys, -1).masked_scatter_(crossing, slot)
     a, b = unique_keys // n_vertices, unique_keys % n_vertices
-    s_a, s_b = sdf[a].unsqueeze(-1), sdf[b].unsqueeze(-1)
-    p = positions_of(torch.cat([a, b]))
-    p_a, p_b = p[: len(a)], p[len(a) :]
-    v_pos = (s_a * p_b - s_b * p_a) / (s_a - s_b)  # the signs differ, so the denominator is never 0
+    v_pos = _edge_zeros(positions_of, sdf, a, b)
     table = torch.as_tensor(TRI_TABLE, device=device)[case]  # [T,2,3]
     counts = torch.as_tensor(TRI_COUNT, device=device)[case]
     faces = torch.gather(edge_vertex[:, None, :].expand(-1, 2, -1), 2, table.clamp_min(0))  # [T,2,3]

@@ -36,6 +36,7 @@ from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
 from threestudio_like.geometry.mesh import Mesh, remove_small_components
 from threestudio_like.geometry.nerf import make_mlp
 from threestudio_like.geometry.tetrahedra_init import initialise_from
+from threestudio_like.kernels import kernel_choice, use_kernels
 from threestudio_like.registry import register
 from threestudio_like.utils.checks import check_learning_rates
 
@@ -81,9 +82,13 @@ class TetrahedraSDFGridConfig:
     color_levels: int = 0
     color_fit_steps: int = 300  # create_from a geometry without a NeRF colour field: fit this long
     color_fit_points: int = 16384
+    # marching tetrahedra's topology on the CPU: auto (compiled, kernels/csrc/marching_tets.cpp, when it
+    # builds) | true | false (torch); the same mesh either way
+    cpu_kernel: Any = "auto"
 
     def __post_init__(self) -> None:
         check_learning_rates(self, "lr_sdf", "lr_deformation", "lr_encoding", "lr_network")
+        self.cpu_kernel = kernel_choice(self.cpu_kernel, "geometry.cpu_kernel")
         if not 4 <= self.isosurface_resolution <= 512:
             raise ValueError(f"isosurface_resolution={self.isosurface_resolution} must be between 4 and 512")
         if self.radius <= 0 or not 0 < self.init_radius < self.radius:
@@ -137,6 +142,7 @@ class TetrahedraSDFGrid(Geometry):
         # hash-grid levels inherited from a trained field stay on whatever this stage's schedule says
         self.register_buffer("inherited_levels", torch.tensor(0))
         self._cached_mesh: Optional[Mesh] = None
+        self._cached_state: Optional[tuple] = None  # surface_state() of the cached mesh (None: fix_geometry's)
         self.source_level: Optional[float] = None  # the density level create_from converted at
         with torch.no_grad():
             points = self.lattice_points(torch.arange(n_vertices))
@@ -187,20 +193,33 @@ class TetrahedraSDFGrid(Geometry):
     # --- the surface --------------------------------------------------------------------------
     def extract(self) -> Mesh:
         """Marching tetrahedra of the current sdf and deformation, outliers removed (with autograd)."""
-        v_pos, faces = mt.marching_tetrahedra(self.deformed_points, self.effective_sdf(), self.resolution)
-        mesh = Mesh(v_pos, faces)
-        if self.cfg.isosurface_remove_outliers:
+        sdf, remove = self.effective_sdf(), self.cfg.isosurface_remove_outliers
+        if use_kernels(self.cfg.cpu_kernel, sdf):  # topology and outlier removal in one compiled pass
+            min_faces = self.cfg.isosurface_outlier_n_faces_threshold if remove else None
+            return Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution, True, min_faces))
+        mesh = Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution))
+        if remove:
             mesh = remove_small_components(mesh, self.cfg.isosurface_outlier_n_faces_threshold)
         return mesh
 
     def isosurface(self) -> Mesh:
-        """The surface as a Mesh: differentiable in sdf and deformation, or cached when fix_geometry."""
-        if not self.cfg.fix_geometry:
+        """The surface as a Mesh: differentiable in sdf and deformation, or cached when fix_geometry.
+        Without autograd (validation, the turntable, export, measures) the mesh is also kept until
+        sdf, deformation or the lattice box change in place (their version counters)."""
+        if not self.cfg.fix_geometry and torch.is_grad_enabled():
             return self.extract()
-        if self._cached_mesh is None or self._cached_mesh.v_pos.device != self.sdf.device:
+        state = None if self.cfg.fix_geometry else self.surface_state()
+        stale = self._cached_mesh is None or self._cached_mesh.v_pos.device != self.sdf.device
+        if stale or state != self._cached_state:
             with torch.no_grad():
                 self._cached_mesh = self.extract()
+            self._cached_state = state
         return self._cached_mesh
+
+    def surface_state(self) -> tuple:
+        """What the extracted mesh depends on, as version counters of the tensors that hold it."""
+        tensors = [*self.geometry_parameters(), self.grid_center, self.grid_half]
+        return tuple((id(t), t._version) for t in tensors)
 
     # --- fields -------------------------------------------------------------------------------
     def color_logits(self, points: Tensor) -> Tensor:

@@ -14,12 +14,14 @@ from the camera centre to the surface point.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like.config import check_choice
+from threestudio_like.kernels import kernel_choice
 from threestudio_like.registry import register
 from threestudio_like.renderers.antialias import antialias, opposite_vertices
 from threestudio_like.renderers.base import Renderer
@@ -32,9 +34,12 @@ class MeshRasterizerConfig:
     near: float = NEAR  # clip planes (world units from the camera centre)
     far: float = FAR
     antialias: bool = True  # silhouette gradients; without it coverage has no gradient at the outline
+    # the CPU rasterizer: auto (the compiled loops, kernels/csrc/rasterize.cpp, when they build) | true | false (torch)
+    cpu_kernel: Any = "auto"
 
     def __post_init__(self) -> None:
         check_choice(self.backend, BACKENDS, "renderer.backend")
+        self.cpu_kernel = kernel_choice(self.cpu_kernel, "renderer.cpu_kernel")
         if not 0.0 < self.near < self.far:
             raise ValueError(f"renderer.near={self.near}, renderer.far={self.far}: need 0 < near < far")
 
@@ -68,7 +73,7 @@ class MeshRasterizer(Renderer):
         B, H, W = len(cameras), cameras.height, cameras.width
         backend, tri = self.cfg.backend, mesh.t_pos_idx
         pos_clip = clip_positions(mesh.v_pos, cameras, self.cfg.near, self.cfg.far)
-        rast = rasterize(pos_clip, tri, H, W, backend)
+        rast = rasterize(pos_clip, tri, H, W, backend, self.cfg.cpu_kernel)
         fields = interpolate(torch.cat([mesh.v_pos, mesh.vertex_normals()], -1), rast, tri, backend)
         covered = rast[..., 3] > 0  # [B,H,W]
         points, normal = fields[covered][:, :3], F.normalize(fields[covered][:, 3:], dim=-1)

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from threestudio_like.config import check_choice
+from threestudio_like.kernels import use_kernels
+from threestudio_like.kernels.rasterize import rasterize as compiled_rasterize
 
 BACKENDS = ("auto", "torch", "nvdiffrast")
 NEAR, FAR = 0.1, 100.0  # threestudio's near plane; cameras sit 1–4 from objects within a unit ball
@@ -258,9 +260,11 @@ def rasterize_torch(pos_clip: Tensor, tri: Tensor, height: int, width: int, chun
     return rast.view(B, height, width, 4)
 
 
-def rasterize(pos_clip: Tensor, tri: Tensor, height: int, width: int, backend: str = "auto") -> Tensor:
+def rasterize(pos_clip: Tensor, tri: Tensor, height: int, width: int, backend: str = "auto", cpu_kernel: Any = "auto") -> Tensor:
     """Triangles tri [F,3] (int) of clip positions pos_clip [B,V,4] → rast [B,H,W,4] = (u, v, z/w,
-    triangle index + 1), 0 where empty; differentiable in pos_clip through (u, v, z/w)."""
+    triangle index + 1), 0 where empty; differentiable in pos_clip through (u, v, z/w).
+    ``cpu_kernel`` (auto | true | false): on the CPU, the compiled loops (kernels/csrc/rasterize.cpp:
+    the same pixels and values, gradients to float rounding) or this module's torch path."""
     if pos_clip.dim() != 3 or pos_clip.shape[-1] != 4:
         raise ValueError(f"pos_clip must be [B,V,4], got {list(pos_clip.shape)}")
     if use_nvdiffrast(backend, pos_clip.device):
@@ -268,6 +272,8 @@ def rasterize(pos_clip: Tensor, tri: Tensor, height: int, width: int, backend: s
         rast, _ = dr.rasterize(cuda_context(pos_clip.device), pos_clip.float().contiguous(), tri.int().contiguous(),
                                resolution=[height, width])
         return rast
+    if use_kernels(cpu_kernel, pos_clip, tri):
+        return compiled_rasterize(pos_clip, tri, height, width)
     return rasterize_torch(pos_clip, tri, height, width)
 
 
