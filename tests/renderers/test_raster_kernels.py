@@ -128,7 +128,7 @@ def test_tetrahedra_grid_meshes_agree_and_are_kept_without_autograd_until_a_step
         assert grid.isosurface() is fast  # nothing changed: the kept mesh, whichever path made it
     torch.testing.assert_close(grid.extract().v_pos, fast.v_pos, rtol=0, atol=0)
     assert torch.equal(grid.extract().t_pos_idx, fast.t_pos_idx)
-    optimizer = torch.optim.Adam(grid.geometry_parameters(), lr=0.1)
+    optimizer = torch.optim.Adam(grid.geometry_parameters(), lr=0.1, fused=True)  # in place, no version bump
     grid.isosurface().v_pos.sum().backward()  # with autograd: a fresh, differentiable mesh
     optimizer.step()
     with torch.no_grad():

@@ -142,7 +142,7 @@ class TetrahedraSDFGrid(Geometry):
         # hash-grid levels inherited from a trained field stay on whatever this stage's schedule says
         self.register_buffer("inherited_levels", torch.tensor(0))
         self._cached_mesh: Optional[Mesh] = None
-        self._cached_state: Optional[tuple] = None  # surface_state() of the cached mesh (None: fix_geometry's)
+        self._cached_state: Optional[list[Tensor]] = None  # surface_tensors() of the cached mesh (None: fix_geometry's)
         self.source_level: Optional[float] = None  # the density level create_from converted at
         with torch.no_grad():
             points = self.lattice_points(torch.arange(n_vertices))
@@ -204,22 +204,27 @@ class TetrahedraSDFGrid(Geometry):
 
     def isosurface(self) -> Mesh:
         """The surface as a Mesh: differentiable in sdf and deformation, or cached when fix_geometry.
-        Without autograd (validation, the turntable, export, measures) the mesh is also kept until
-        sdf, deformation or the lattice box change in place (their version counters)."""
+        Without autograd (validation, the turntable, export, measures) the mesh is also kept while
+        sdf, deformation and the lattice box hold the values it was extracted from."""
         if not self.cfg.fix_geometry and torch.is_grad_enabled():
             return self.extract()
-        state = None if self.cfg.fix_geometry else self.surface_state()
         stale = self._cached_mesh is None or self._cached_mesh.v_pos.device != self.sdf.device
-        if stale or state != self._cached_state:
+        if stale or not (self.cfg.fix_geometry or self.surface_unchanged()):
             with torch.no_grad():
                 self._cached_mesh = self.extract()
-            self._cached_state = state
+            self._cached_state = None if self.cfg.fix_geometry else [t.detach().clone() for t in self.surface_tensors()]
         return self._cached_mesh
 
-    def surface_state(self) -> tuple:
-        """What the extracted mesh depends on, as version counters of the tensors that hold it."""
-        tensors = [*self.geometry_parameters(), self.grid_center, self.grid_half]
-        return tuple((id(t), t._version) for t in tensors)
+    def surface_tensors(self) -> list[Tensor]:
+        """What the extracted mesh depends on."""
+        return [*self.geometry_parameters(), self.grid_center, self.grid_half]
+
+    def surface_unchanged(self) -> bool:
+        """Whether surface_tensors() still hold the cached mesh's values (compared by value: the fused
+        optimizers update in place without bumping version counters)."""
+        kept = self._cached_state
+        current = self.surface_tensors()
+        return kept is not None and len(kept) == len(current) and all(torch.equal(a, b) for a, b in zip(kept, current))
 
     # --- fields -------------------------------------------------------------------------------
     def color_logits(self, points: Tensor) -> Tensor:
