@@ -30,6 +30,7 @@ its scene is the ground truth of the quality benchmark.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
@@ -42,6 +43,7 @@ from threestudio_like.kernels import kernel_choice, use_kernels
 from threestudio_like.kernels.posterior import posterior_mean
 from threestudio_like.diffusion import alpha_bar_at, ddpm_alphas_cumprod, eps_from_x0
 from threestudio_like.priors.base import DiffusionPrior
+from threestudio_like.priors.pruning import MIN_ALPHA_BAR, ReferenceBasis, prune_log_weights, reference_basis
 from threestudio_like.priors.reference_cache import REFERENCE_KINDS, ReferenceCache, reference_image  # noqa: F401
 from threestudio_like.priors.scenes import Scene, parse_prompt
 from threestudio_like.registry import register
@@ -75,6 +77,8 @@ class EmbeddedPriorConfig:
     cache_dir: str = ".cache/embedded_references"
     # auto (the compiled CPU pass over the references and tracer of them, when the kernels build) | true | false (torch)
     cpu_kernel: Any = "auto"
+    # the compiled path's pruning at small t (priors/pruning.py): directions of the references' basis, 0 = off
+    prune_rank: int = 128
 
     def __post_init__(self) -> None:
         self.cpu_kernel = kernel_choice(self.cpu_kernel, "cpu_kernel")
@@ -85,6 +89,8 @@ class EmbeddedPriorConfig:
             raise ValueError(f"camera_sigma_deg={self.camera_sigma_deg} must be > 0")
         if not 0 < self.azimuth_step_deg <= 360:
             raise ValueError(f"azimuth_step_deg={self.azimuth_step_deg} must be in (0, 360]")
+        if self.prune_rank < 0:
+            raise ValueError(f"prune_rank={self.prune_rank} must be >= 0 (0 turns the pruning off)")
         for key in ("n_elevations", "num_train_timesteps", "supersample", "chunk_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key}={getattr(self, key)} must be at least 1")
@@ -105,6 +111,7 @@ def camera_kernel(elevation: Tensor, azimuth: Tensor, ref_elevation: Tensor, ref
 def exact_x0(
     x_t: Tensor, alpha_bar: Tensor, weights: Tensor, refs: Tensor, refs_mean: Tensor,
     sq_norms: Optional[Tensor] = None, chunk: int = 64, cpu_kernel: Any = "auto",
+    basis: Optional[ReferenceBasis] = None,
 ) -> Tensor:
     """The exact posterior mean E[x0 | x_t] of a weighted set of images.
 
@@ -118,11 +125,16 @@ def exact_x0(
     read; and the posterior mean leaves out the references whose posterior is below 2⁻²⁴/K of the
     row's maximum (together they add at most 2⁻²⁴ of the largest term, below float32 resolution).
     On the CPU (``cpu_kernel``: auto | true | false, as the other compiled paths) the references are
-    streamed once (threestudio_like/kernels/posterior.py); the torch path reads them twice.
+    streamed once (threestudio_like/kernels/posterior.py); the torch path reads them twice. With a
+    ``basis`` of the references, the compiled path first drops per row the references that a lower
+    bound on their distance shows below that cut (priors/pruning.py): most of them at small t
+    (ᾱ ≥ 0.4; at larger t the bound keeps most of them and is not tried).
     """
-    if (weights < 0).any() or not torch.isfinite(weights).all():
+    sums = weights.sum(dim=1)  # inf or NaN where a weight is (or where finite ones overflow)
+    finite = bool(torch.isfinite(sums).all()) or bool(torch.isfinite(weights).all())
+    if not (bool((weights >= 0).all()) and finite):  # w >= 0 is False for NaN and −∞
         raise ValueError("condition weights must be finite and non-negative")
-    if (weights.sum(dim=1) <= 0).any():
+    if (sums <= 0).any():
         raise ValueError("a condition row gives every reference weight 0")
     log_weights = weights.log().to(refs.dtype)  # 0 → −inf: softmax gives those references exactly 0
     sq_norms = (refs * refs).sum(dim=1) if sq_norms is None else sq_norms  # [K]
@@ -136,7 +148,10 @@ def exact_x0(
         first = _first_equal_row(x, a)  # [n]: the first row with the same x and ᾱ
         unique, row_of = torch.unique(first, return_inverse=True)
         if compiled:
-            out.append(posterior_mean(x[unique], row_of, a, log_weights[sl], refs, sq_norms, cut) + refs_mean)
+            log_w = log_weights[sl]
+            if basis is not None and float(a.min()) >= MIN_ALPHA_BAR:
+                log_w = prune_log_weights(x[unique], row_of, a, log_w, refs, sq_norms, basis, math.log(cut))
+            out.append(posterior_mean(x[unique], row_of, a, log_w, refs, sq_norms, cut) + refs_mean)
         else:
             out.append(_posterior_mean_torch(x[unique], row_of, a[:, None], log_weights[sl], refs, sq_norms, cut) + refs_mean)
     return torch.cat(out).to(x_t.dtype)
@@ -199,6 +214,7 @@ class EmbeddedPrior(DiffusionPrior):
         self._scenes: dict[str, Scene] = {}
         self._renders: dict[tuple[str, int, int], Tensor] = {}  # (scene key, H, W) → [K,3,H,W] in [−1,1]
         self._sets: dict[tuple[str, int, int], tuple[Tensor, Tensor, Tensor]] = {}
+        self._bases: dict[tuple[str, int, int], ReferenceBasis] = {}  # per reference set, made on first use
         self.text: Optional[str] = None  # the prompt whose scene the model is (set by prepare)
         self.reference_cache = ReferenceCache(cfg.cache_dir, cfg.cpu_kernel)
 
@@ -308,8 +324,18 @@ class EmbeddedPrior(DiffusionPrior):
         if C != 3 or cond.shape != (N, refs.shape[0]):
             raise ValueError(f"predict_noise got x_t {tuple(x_t.shape)} and cond {tuple(cond.shape)}; expected [N,3,H,W] and [N,{refs.shape[0]}]")
         alpha_bar = self.alphas_cumprod.to(x_t.device)[t]
-        x0 = exact_x0(x_t.flatten(1), alpha_bar, cond.to(x_t.device), refs, mean, sq_norms, self.cfg.chunk_size, self.cfg.cpu_kernel)
+        x0 = exact_x0(x_t.flatten(1), alpha_bar, cond.to(x_t.device), refs, mean, sq_norms, self.cfg.chunk_size,
+                      self.cfg.cpu_kernel, self._pruning_basis(refs, W, H))
         return x0.view(N, C, H, W)
+
+    def _pruning_basis(self, refs: Tensor, width: int, height: int) -> Optional[ReferenceBasis]:
+        """The reference set's basis for the compiled path's pruning (None: off, or not on that path)."""
+        if self.cfg.prune_rank == 0 or refs.dtype != torch.float32 or not use_kernels(self.cfg.cpu_kernel, refs):
+            return None
+        key = (self.scene(self.prepared_text()).key, height, width)
+        if key not in self._bases:
+            self._bases[key] = reference_basis(refs, self.cfg.prune_rank)
+        return self._bases[key]
 
     def predict_noise(self, x_t: Tensor, t: Tensor, cond: Tensor) -> Tensor:
         """ε̂ = (x_t − √ᾱ_t x̂0) / √(1 − ᾱ_t): x_t [N,3,H,W], t [N], cond [N,K_all] → [N,3,H,W]."""
