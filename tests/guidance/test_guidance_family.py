@@ -74,6 +74,7 @@ def by_hand(prior, rgb, cameras, guidance, seed=0):
     """Replays the draws: x, t, ε, x_t, t/T-scale, the view-dependent cond, ᾱ_t."""
     torch.manual_seed(seed)
     x = rgb.detach().permute(0, 3, 1, 2) * 2 - 1
+    x = x.contiguous()  # the guidance draws its noise on a contiguous x (randn_like follows the layout)
     t = torch.randint(guidance.min_step, guidance.max_step + 1, (B,))
     noise = torch.randn_like(x)
     ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)

@@ -26,6 +26,7 @@ def test_sds_gradient_is_weighted_cfg_residual():
     # by hand, with the same random draws in the same order
     torch.manual_seed(0)
     x = rgb.detach().permute(0, 3, 1, 2) * 2 - 1
+    x = x.contiguous()  # the guidance draws its noise on a contiguous x (randn_like follows the layout)
     t = torch.randint(guidance.min_step, guidance.max_step + 1, (2,))
     noise = torch.randn_like(x)
     ab = prior.alphas_cumprod[t].view(-1, 1, 1, 1)

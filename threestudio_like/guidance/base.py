@@ -188,7 +188,9 @@ class ScoreDistillation(nn.Module):
     # --- the call ------------------------------------------------------------------------------
     def forward(self, rgb: Tensor, cameras: Cameras, prompt: Prompt) -> dict[str, Tensor]:
         """rgb [B,H,W,3] in [0,1] → {loss_<name>, grad_norm, t, skipped, …}."""
-        x = self.prior.encode_images(rgb.permute(0, 3, 1, 2))
+        # contiguous: a render's [B,H,W,3] permuted is channels-last, and torch draws randn_like of
+        # such a tensor element by element, 8x slower than a contiguous one (0.33 ms at the demo's size)
+        x = self.prior.encode_images(rgb.permute(0, 3, 1, 2)).contiguous()
         t = self.sample_timesteps(x.shape[0], x.device)
         conds = self.conditions(prompt, cameras)
         if not torch.isfinite(x).all():
