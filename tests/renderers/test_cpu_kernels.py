@@ -329,3 +329,18 @@ def test_compiled_tracer_gives_the_torch_tracers_pictures(prompt):
         # rounding of the 1e-3 hit threshold could flip (none did here, at 20×16 or 32² or 64²)
         far = (fast[key] - plain[key]).abs() > 2e-3
         assert far.float().mean() <= 1e-3, (key, far.sum().item())
+
+
+def test_block_uniform_draws_are_torch_rands_and_continue_its_stream():
+    """fused.uniform gives torch.rand's float32 numbers bit for bit and leaves the default generator
+    where torch.rand would: a fresh seed, mid-stream, across the 624-draw state refreshes, empty."""
+    from threestudio_like.kernels import volume as fused
+
+    shapes = [(1, 1), (1, 623), (1, 1), (0, 37), (2, 312), (1, 625), (4096, 37), (3, 5)]
+    for seed in (0, 12345):
+        torch.manual_seed(seed)
+        expected = [torch.rand(*shape) for shape in shapes] + [torch.randn(7), torch.rand(1000)]
+        torch.manual_seed(seed)
+        got = [fused.uniform(*shape) for shape in shapes] + [torch.randn(7), torch.rand(1000)]  # torch continues
+        for e, g in zip(expected, got):
+            assert g.dtype == torch.float32 and g.shape == e.shape and torch.equal(g, e)

@@ -271,7 +271,9 @@ class VolumeRenderer(Renderer):
         """``_march_torch`` as two compiled loops around the geometry query: the same uniform draws
         (one per candidate, in the same order), the same kept samples, weights to float rounding."""
         step, S, near, far, hit = self._chords(o, d)
-        jitter = torch.rand(len(o), S, dtype=o.dtype, device=o.device) if training and self.cfg.randomized else None
+        jitter = None
+        if training and self.cfg.randomized:  # torch.rand's numbers, drawn in blocks for float32
+            jitter = fused.uniform(len(o), S) if o.dtype == torch.float32 else torch.rand(len(o), S, dtype=o.dtype)
         binaries = self.grid.binaries if self.cfg.grid_prune else None
         ray, t, delta, points = fused.march(o, d, near, far, hit, self.grid.radius, step, S, jitter, binaries)
         sigma, albedo = query_geometry(geometry, points)
