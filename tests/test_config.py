@@ -62,3 +62,26 @@ def test_schedules():
     assert schedule_value(spec, 0) == 0.98
     assert schedule_value(spec, 150) == pytest.approx(0.74)
     assert schedule_value(spec, 1000) == 0.5
+
+
+def test_later_plain_option_outranks_earlier_type_keyed_block(root):
+    # base/refine.yaml keys the refinement's timestep range by method (guidance: {csm: {...}});
+    # a plain CLI override of the same option comes later and must win, for the chosen type only
+    config = root / "configs/refine-texture.yaml"
+    keyed = load_config(config, ["system.guidance_type=csm"])
+    assert keyed.system.guidance.max_step_percent == 0.5  # the keyed block applies
+    plain = load_config(config, ["system.guidance_type=csm", "system.guidance.max_step_percent=0.2"])
+    assert plain.system.guidance.max_step_percent == 0.2
+    assert plain.system.guidance.min_step_percent == keyed.system.guidance.min_step_percent == 0.02
+    # a keyed override after the plain one wins in turn
+    again = load_config(config, ["system.guidance.max_step_percent=0.2", "system.guidance.csm.max_step_percent=0.3",
+                                 "system.guidance_type=csm"])
+    assert again.system.guidance.max_step_percent == 0.3
+
+
+def test_type_keyed_block_outranks_plain_option_of_the_same_file(root, tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"extends: {root / 'configs/sds-nerf.yaml'}\n"
+                       "system:\n  guidance:\n    max_step_percent: 0.9\n    csm: {max_step_percent: 0.4}\n")
+    assert load_config(profile).system.guidance.max_step_percent == 0.9
+    assert load_config(profile, ["system.guidance_type=csm"]).system.guidance.max_step_percent == 0.4

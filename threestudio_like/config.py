@@ -9,12 +9,13 @@ A part's options belong to its type, so that files and overrides compose:
   ``X_type`` to another type starts ``X`` afresh: the options written below it were for the old type;
 - inside ``X``, a block keyed by a registered name of X's family (``renderer: {nerf-volume-renderer:
   {num_samples_per_ray: 512}}``) applies only when that type is chosen, so a profile can hold options
-  for a type that a run may or may not use.
+  for a type that a run may or may not use. Within one layer the keyed block outranks the plain
+  options; a later layer's plain option replaces what earlier layers' keyed blocks set for it, so
+  ``system.guidance.max_step_percent=0.2`` on the command line wins over a file's ``csm:`` block.
 """
 from __future__ import annotations
 
 import dataclasses
-import typing
 import math
 import os
 import typing
@@ -74,9 +75,11 @@ def load_yaml(path: str | os.PathLike, chain: tuple[Path, ...] = ()) -> DictConf
 
 def merge_layer(lower: DictConfig, upper: DictConfig) -> DictConfig:
     """``upper`` merged over ``lower``, except that where ``upper`` switches a part's ``X_type``,
-    ``lower``'s options of ``X`` (those of the old type) are dropped first; type-keyed blocks stay."""
+    ``lower``'s options of ``X`` (those of the old type) are dropped first; type-keyed blocks stay.
+    A plain option that ``upper`` sets also replaces what ``lower``'s type-keyed blocks set for it."""
     lower = lower.copy()
     drop_switched_options(lower, upper)
+    drop_overridden_keyed_options(lower, upper)
     return OmegaConf.merge(lower, upper)
 
 
@@ -93,6 +96,27 @@ def drop_switched_options(lower: DictConfig, upper: DictConfig) -> None:
                 lower[part] = {name: block for name, block in options.items() if name in known}
         elif isinstance(upper[key], DictConfig) and isinstance(lower[key], DictConfig):
             drop_switched_options(lower[key], upper[key])
+
+
+def drop_overridden_keyed_options(lower: DictConfig, upper: DictConfig) -> None:
+    """In place: where ``upper.X`` sets a plain option of part ``X``, remove that option from the
+    blocks of ``lower.X`` keyed by X's type names. Without this a keyed block of an earlier layer
+    (``guidance: {csm: {max_step_percent: 0.5}}``) would outrank a later plain override
+    (``system.guidance.max_step_percent=0.2``) and the override would be ignored."""
+    for key in upper:
+        if not isinstance(key, str) or key not in lower:
+            continue
+        below, above = lower[key], upper[key]
+        if not (isinstance(below, DictConfig) and isinstance(above, DictConfig)):
+            continue
+        if key in registry.FAMILIES:
+            known = set(registry.names(key))
+            plain = [option for option in above if option not in known]
+            for name, block in below.items():
+                if name in known and isinstance(block, DictConfig):
+                    for option in plain:
+                        block.pop(option, None)
+        drop_overridden_keyed_options(below, above)
 
 
 def apply_overrides(node: DictConfig, overrides: Sequence[str]) -> DictConfig:
