@@ -113,7 +113,7 @@ def decompose(run: Path) -> dict:
     scene = last.prior.scene(last.prompt.text)
     truth = scene.render(cameras)
     source = json.loads((chain[1] / "convert_from.json").read_text())["geometry_type"] if len(chain) > 1 else "?"
-    result = {"run": str(run), "chain": [str(p) for p in chain], "method": last.cfg.system.guidance_type, "source": source}
+    result = {"run": str(run), "chain": [str(p) for p in chain], "method": last.cfg.guidance_type, "source": source}
     for name, folder in zip(("stage1_field", "geometry_field", "texture_field")[-len(chain):], chain):
         system = last if folder == run else load_run(folder)
         out = system.render(cameras)
