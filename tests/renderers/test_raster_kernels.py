@@ -145,3 +145,114 @@ def test_cpu_kernel_config_keys():
         with pytest.raises(ValueError, match="cpu_kernel='fast' is not accepted; use one of auto, true, false"):
             parse_structured(cls.Config, {"cpu_kernel": "fast"}, f"system.{family}")
         assert parse_structured(cls.Config, {"cpu_kernel": "false"}, f"system.{family}").cpu_kernel is False
+
+
+def topology_of(mesh: Mesh) -> dict:
+    return {"edges": mesh.edges(), "pairs": mesh.adjacent_faces(), "degree": mesh.neighbour_counts(),
+            "keys": mesh._sorted_edge_keys(), "opposite": mesh.opposite_vertices()}
+
+
+def test_compiled_mesh_topology_gives_the_torch_arrays():
+    from threestudio_like.renderers.antialias import opposite_vertices
+
+    resolution = 12
+    lattice = lambda ids: mt.lattice_points(ids, resolution, torch.full((3,), -1.0), 2.0 / resolution)  # noqa: E731
+    surface = mt.marching_tetrahedra(lattice, lumpy_sdf(resolution, 1), resolution)
+    g = torch.Generator().manual_seed(3)
+    soup = torch.randint(0, 40, (300, 3), generator=g)  # edges shared by 3+ faces, repeated faces
+    soup[:5, 2] = soup[:5, 1]  # degenerate faces
+    for v_pos, faces in (surface, (torch.rand(45, 3, generator=g), soup), (torch.rand(4, 3), torch.zeros(0, 3, dtype=torch.long))):
+        fast = topology_of(Mesh(v_pos, faces, cpu_kernel=True))
+        slow = topology_of(Mesh(v_pos, faces, cpu_kernel=False))
+        for name in ("edges", "pairs", "degree"):
+            assert torch.equal(fast[name], slow[name]), name
+        assert all(torch.equal(a, b) for a, b in zip(fast["keys"], slow["keys"]))
+        if faces is surface[1]:  # a closed manifold: one face across every edge, whatever the sort
+            assert torch.equal(fast["opposite"], slow["opposite"]) and bool((fast["opposite"] >= 0).all())
+        else:  # vertices across shared edges: some vertex of a face on that edge, −1 on open edges
+            open_edges = opposite_vertices(faces) < 0
+            assert torch.equal(fast["opposite"] < 0, open_edges)
+    assert torch.equal(topology_of(Mesh(*surface))["opposite"], opposite_vertices(surface[1]))
+
+
+def test_compiled_mesh_terms_match_the_torch_terms_and_their_gradients():
+    from threestudio_like.geometry.mesh import laplacian_smoothness, normal_consistency
+
+    resolution = 10
+    lattice = lambda ids: mt.lattice_points(ids, resolution, torch.full((3,), -1.0), 2.0 / resolution)  # noqa: E731
+    v_pos, faces = mt.marching_tetrahedra(lattice, lumpy_sdf(resolution, 2), resolution)
+    g = torch.Generator().manual_seed(5)
+    v_pos = (v_pos.double() + 0.01 * torch.randn(v_pos.shape, generator=g, dtype=torch.float64)).detach()
+    v_pos = torch.cat([v_pos, torch.zeros(1, 3, dtype=v_pos.dtype)])  # an unconnected vertex
+    weights = torch.randn(len(v_pos), 3, generator=g, dtype=torch.float64)
+    terms = {"normals": lambda m: (m.vertex_normals() * weights).sum(),
+             "consistency": normal_consistency, "laplacian": laplacian_smoothness}
+    for name, term in terms.items():
+        results = []
+        for choice in (True, False):
+            leaf = v_pos.clone().requires_grad_()
+            value = term(Mesh(leaf, faces, cpu_kernel=choice))
+            value.backward()
+            results.append((value.detach(), leaf.grad))
+        (fast, g_fast), (slow, g_slow) = results
+        assert g_slow.abs().sum() > 0, name
+        torch.testing.assert_close(fast, slow, rtol=1e-12, atol=1e-12, msg=name)
+        torch.testing.assert_close(g_fast, g_slow, rtol=1e-9, atol=1e-9, msg=name)
+    single = Mesh(torch.rand(3, 3), torch.tensor([[0, 1, 2]]), cpu_kernel=True)  # one face: no adjacent pair
+    assert float(normal_consistency(single)) == 0.0
+    # a zero-area face has the zero normal (F.normalize's), so 1 − cos = 1 with each neighbour; torch's
+    # cross product rounds e × e to ±1e-7 there, which normalising turns into an arbitrary direction
+    flat = Mesh(torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]]), torch.tensor([[0, 1, 2], [0, 3, 1]]), cpu_kernel=True)
+    assert float(normal_consistency(flat)) == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_antialias_gives_the_torch_image_and_gradients(dtype):
+    from threestudio_like.renderers.antialias import antialias
+
+    resolution = 10
+    lattice = lambda ids: mt.lattice_points(ids, resolution, torch.full((3,), -1.0), 2.0 / resolution)  # noqa: E731
+    v_pos, faces = mt.marching_tetrahedra(lattice, lumpy_sdf(resolution, 4), resolution)  # closed: real silhouettes
+    g = torch.Generator().manual_seed(6)
+    angle = torch.rand(3, generator=g) * 6.28
+    pos = torch.stack([torch.cat([v_pos[:, :2] * torch.cos(a) + 0.1 * torch.sin(a), v_pos[:, 2:] * 0.5, v_pos[:, 2:] * 0.3 + 2.0], -1)
+                       for a in angle]).to(dtype)  # three views, w in [1.7, 2.3]
+    pos[1, :5, 3] = -1.0  # some vertices behind the camera in one view: their pairs are not blended
+    soup_pos, soup = random_scene(1, 200, 11, dtype)  # open edges, overlaps, near-plane crossings
+    weights = torch.randn(3, 32, 32, 5, generator=g, dtype=dtype)
+    for scene_pos, tri in ((pos, faces), (soup_pos.nan_to_num(0.3).expand(3, -1, -1).contiguous(), soup)):
+        rast = rasterize(scene_pos, tri, 32, 32, cpu_kernel=False)
+        color = torch.rand(3, 32, 32, 5, generator=g, dtype=dtype)
+        results = []
+        for choice in (True, False):
+            c, p = color.clone().requires_grad_(), scene_pos.clone().requires_grad_()
+            out = antialias(c, rast, p, tri, cpu_kernel=choice)
+            (out * weights).sum().backward()
+            results.append((out.detach(), c.grad, p.grad))
+        (fast, gc_fast, gp_fast), (slow, gc_slow, gp_slow) = results
+        assert not torch.equal(slow, color)  # some pairs were blended
+        assert torch.equal(fast, slow)
+        tolerance = 1e-5 if dtype == torch.float32 else 1e-10
+        torch.testing.assert_close(gc_fast, gc_slow, rtol=tolerance, atol=tolerance)
+        assert gp_slow.abs().sum() > 0
+        torch.testing.assert_close(gp_fast, gp_slow, rtol=tolerance, atol=tolerance)
+
+
+def test_compiled_visibility_decides_as_the_torch_test():
+    from threestudio_like.data.cameras import RandomCameraConfig
+    from threestudio_like.export.visibility import covering_cameras, seen_points
+
+    resolution = 12
+    lattice = lambda ids: mt.lattice_points(ids, resolution, torch.full((3,), -1.0), 2.0 / resolution)  # noqa: E731
+    mesh = Mesh(*mt.marching_tetrahedra(lattice, lumpy_sdf(resolution, 3), resolution))
+    g = torch.Generator().manual_seed(8)
+    weights = torch.rand(mesh.n_faces, 3, generator=g)
+    weights = weights / weights.sum(-1, keepdim=True)  # random points on every face, with its normal
+    corners = mesh.v_pos[mesh.t_pos_idx]
+    points = (weights[..., None] * corners).sum(1)
+    normals = mesh.face_normals()
+    cameras = covering_cameras(RandomCameraConfig(elevation_range=(-10.0, 60.0)), 12, 64)
+    fast = seen_points(points, normals, mesh.v_pos, mesh.t_pos_idx, cameras, cpu_kernel=True)
+    slow = seen_points(points, normals, mesh.v_pos, mesh.t_pos_idx, cameras, cpu_kernel=False)
+    assert 0.2 < float(slow.float().mean()) < 0.98  # some of the lumpy surface is hidden from every view
+    assert int((fast != slow).sum()) <= 2  # points within rounding of the depth tolerance may differ

@@ -20,7 +20,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,8 @@ from scipy.spatial import cKDTree
 from torch import Tensor
 
 from threestudio_like.data.cameras import Cameras, RandomCameraConfig, make_cameras
+from threestudio_like.kernels import use_kernels
+from threestudio_like.kernels.rasterize import seen_by_views
 from threestudio_like.renderers.rasterize import NEAR, clip_positions, interpolate, rasterize
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,16 @@ def view_depth(points: Tensor, w2c: Tensor) -> Tensor:
     return -(points @ w2c[2, :3] + w2c[2, 3])
 
 
+def drawn_depth(vertices: Tensor, faces: Tensor, cameras: Cameras, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """The cameras' world → camera matrices [B,4,4] and the depth the rasterizer draws [B,H·W] (inf
+    where the mesh (vertices [V,3], faces [F,3]) leaves the pixel empty), all cameras in one pass."""
+    rast = rasterize(clip_positions(vertices, cameras), faces, cameras.height, cameras.width, backend="torch")
+    surface = interpolate(vertices, rast, faces, backend="torch").view(len(cameras), -1, 3)
+    w2c = torch.stack([torch.linalg.inv(cameras.c2w[i].double()).to(dtype) for i in range(len(cameras))])
+    drawn = torch.stack([view_depth(surface[i], w2c[i]) for i in range(len(cameras))])
+    return w2c, torch.where(rast[..., 3].reshape(len(cameras), -1) > 0, drawn, torch.full_like(drawn, math.inf))
+
+
 def seen_in_view(points: Tensor, normals: Tensor, vertices: Tensor, faces: Tensor, camera: Cameras,
                  max_angle: float, tolerance_px: float) -> Tensor:
     """Which points [N,3] (unit normals [N,3]) of the mesh (vertices [V,3], faces [F,3]) one camera
@@ -84,10 +96,7 @@ def seen_in_view(points: Tensor, normals: Tensor, vertices: Tensor, faces: Tenso
     depth the rasterizer draws at that pixel by at most ``tolerance_px`` + tan θ pixel widths at that
     depth (the depth image's own sampling error on a surface at angle θ to the view)."""
     height, width = camera.height, camera.width
-    rast = rasterize(clip_positions(vertices, camera), faces, height, width, backend="torch")
-    w2c = torch.linalg.inv(camera.c2w[0].double()).to(points.dtype)
-    drawn = view_depth(interpolate(vertices, rast, faces, backend="torch").view(-1, 3), w2c)
-    drawn = torch.where(rast[0, ..., 3].reshape(-1) > 0, drawn, torch.full_like(drawn, math.inf))
+    w2c, drawn = (t[0] for t in drawn_depth(vertices, faces, camera, points.dtype))
     local = points @ w2c[:3, :3].T + w2c[:3, 3]
     depth = -local[:, 2]
     focal = float(camera.focal_length()[0])
@@ -107,11 +116,17 @@ def seen_in_view(points: Tensor, normals: Tensor, vertices: Tensor, faces: Tenso
 
 
 def seen_points(points: Tensor, normals: Tensor, vertices: Tensor, faces: Tensor, cameras: Cameras,
-                max_angle: float = 75.0, tolerance_px: float = 2.0) -> Tensor:
+                max_angle: float = 75.0, tolerance_px: float = 2.0, cpu_kernel: Any = "auto") -> Tensor:
     """Points [N,3] with unit normals [N,3] on the mesh (vertices [V,3], faces [F,3]) that at
-    least one of the cameras sees (:func:`seen_in_view`) → bool [N]."""
+    least one of the cameras sees (:func:`seen_in_view`) → bool [N]. ``cpu_kernel`` (auto | true |
+    false): the per-point test compiled (kernels/csrc/visibility.cpp: one loop per point over the
+    cameras, the same decisions to float rounding) or in torch, camera by camera."""
     seen = torch.zeros(len(points), dtype=torch.bool)
     points, normals, vertices = points.float(), normals.float(), vertices.float()
+    if use_kernels(cpu_kernel, points, vertices):
+        w2c, drawn = drawn_depth(vertices, faces, cameras, points.dtype)
+        return seen_by_views(points, normals, w2c, cameras.position, cameras.focal_length(), drawn, cameras.height,
+                             cameras.width, NEAR, math.cos(math.radians(max_angle)), tolerance_px)
     for i in range(len(cameras)):
         open_ = torch.nonzero(~seen)[:, 0]  # only what no camera so far has seen: most go in the first few
         seen[open_] = seen_in_view(points[open_], normals[open_], vertices, faces, cameras[i], max_angle, tolerance_px)

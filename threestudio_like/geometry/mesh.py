@@ -10,6 +10,10 @@ The regularisers follow threestudio's names (``lambda_normal_consistency``,
 - normal consistency: mean over pairs of faces sharing an edge of 1 − cos(n_i, n_j);
 - Laplacian smoothness: mean over vertices of ‖v − mean of its edge neighbours‖² (the uniform
   Laplacian; vertices without neighbours are left out).
+
+On the CPU the topology (one pass instead of sorts and scans), the vertex normals and both terms run
+compiled (kernels/csrc/mesh_topology.cpp, mesh_terms.cpp) unless the mesh's ``cpu_kernel`` is false:
+the same topology arrays, values and gradients to float rounding.
 """
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ import torch
 import torch.nn.functional as F
 import trimesh
 from torch import Tensor
+
+from threestudio_like.kernels import mesh_terms as compiled
+from threestudio_like.kernels import use_kernels
+from threestudio_like.kernels.rasterize import mesh_topology
 
 
 def _edge_keys(edges: Tensor, n_vertices: int) -> Tensor:
@@ -34,6 +42,8 @@ class Mesh:
 
     v_pos: Tensor  # [V,3] float, world frame
     t_pos_idx: Tensor  # [F,3] long, counter-clockwise seen from outside (outward face normals)
+    # the topology on the CPU: auto (one compiled pass, kernels/csrc/mesh_topology.cpp, when it builds) | true | false
+    cpu_kernel: Any = field(default="auto", repr=False, compare=False)
     _topology: dict[str, Tensor] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -70,6 +80,14 @@ class Mesh:
 
     def vertex_normals(self) -> Tensor:
         """[V,3] unit normals, the area-weighted mean of the normals of the faces around each vertex."""
+        kept = self._topology.get("vertex_normals")
+        if kept is not None and kept[0] is self.v_pos and not (torch.is_grad_enabled() and self.v_pos.requires_grad):
+            return kept[1]  # a fixed mesh (the texture stage): its normals do not change
+        if use_kernels(self.cpu_kernel, self.v_pos) and self.v_pos.dtype in (torch.float32, torch.float64):
+            value = compiled.vertex_normals(self.v_pos, self.t_pos_idx)
+            if not self.v_pos.requires_grad:
+                self._topology["vertex_normals"] = (self.v_pos, value)
+            return value
         weighted = self.face_areas_normals()
         sums = torch.zeros_like(self.v_pos)
         for corner in range(3):
@@ -83,10 +101,27 @@ class Mesh:
         pairs = torch.stack([tri[:, [0, 1]], tri[:, [1, 2]], tri[:, [2, 0]]], dim=1).reshape(-1, 2)
         return torch.stack([pairs.min(-1).values, pairs.max(-1).values], dim=-1)
 
+    def _compiled_topology(self) -> bool:
+        """Fill every topology entry in one compiled pass, when the kernels are in use (→ True)."""
+        if not use_kernels(self.cpu_kernel, self.t_pos_idx) or self.t_pos_idx.dtype != torch.long:
+            return False
+        keys, order, edges, pairs, degree, opposite = mesh_topology(self.t_pos_idx, self.n_vertices)
+        self._topology.update(sorted_keys=(keys, order), edges=edges, adjacent_faces=pairs, degree=degree, opposite=opposite)
+        return True
+
+    def opposite_vertices(self) -> Tensor:
+        """[F,3] long: the vertex across edge i of each face (the edge facing its vertex i) in the
+        neighbouring face, −1 on open edges (antialiasing's silhouette test)."""
+        if "opposite" not in self._topology and not self._compiled_topology():
+            from threestudio_like.renderers.antialias import opposite_vertices
+
+            self._topology["opposite"] = opposite_vertices(self.t_pos_idx)
+        return self._topology["opposite"]
+
     def _sorted_edge_keys(self) -> tuple[Tensor, Tensor]:
         """(the face edges' keys sorted [F·3], the stable order that sorts them [F·3]): one sort that
         both ``edges`` and ``adjacent_faces`` read."""
-        if "sorted_keys" not in self._topology:
+        if "sorted_keys" not in self._topology and not self._compiled_topology():
             keys = _edge_keys(self._face_edges(), max(self.n_vertices, 1))
             order = torch.argsort(keys, stable=True)
             self._topology["sorted_keys"] = (keys[order], order)
@@ -94,7 +129,7 @@ class Mesh:
 
     def edges(self) -> Tensor:
         """[E,2] long: the unique undirected edges, smaller index first, sorted."""
-        if "edges" not in self._topology:
+        if "edges" not in self._topology and not self._compiled_topology():
             n = max(self.n_vertices, 1)
             sorted_keys, _ = self._sorted_edge_keys()
             first = torch.ones_like(sorted_keys, dtype=torch.bool)
@@ -108,7 +143,7 @@ class Mesh:
 
         A manifold edge gives one pair; an edge shared by k > 2 faces gives k − 1 pairs (a chain).
         """
-        if "adjacent_faces" not in self._topology:
+        if "adjacent_faces" not in self._topology and not self._compiled_topology():
             sorted_keys, order = self._sorted_edge_keys()
             same = sorted_keys[1:] == sorted_keys[:-1]
             face_of = order // 3
@@ -117,7 +152,7 @@ class Mesh:
 
     def neighbour_counts(self) -> Tensor:
         """[V] long: number of distinct edge neighbours of each vertex."""
-        if "degree" not in self._topology:
+        if "degree" not in self._topology and not self._compiled_topology():
             e = self.edges().reshape(-1)
             self._topology["degree"] = torch.bincount(e, minlength=self.n_vertices)
         return self._topology["degree"]
@@ -150,6 +185,8 @@ def laplacian_smoothness(mesh: Mesh) -> Tensor:
     connected = mesh.neighbour_counts() > 0
     if not bool(connected.any()):
         return mesh.v_pos.sum() * 0.0
+    if use_kernels(mesh.cpu_kernel, mesh.v_pos) and mesh.v_pos.dtype in (torch.float32, torch.float64):
+        return compiled.laplacian_smoothness(mesh.v_pos, mesh.edges(), mesh.neighbour_counts())
     return uniform_laplacian(mesh)[connected].square().sum(-1).mean()
 
 
@@ -158,6 +195,8 @@ def normal_consistency(mesh: Mesh) -> Tensor:
     pairs = mesh.adjacent_faces()
     if pairs.shape[0] == 0:
         return mesh.v_pos.sum() * 0.0
+    if use_kernels(mesh.cpu_kernel, mesh.v_pos) and mesh.v_pos.dtype in (torch.float32, torch.float64):
+        return compiled.normal_consistency(mesh.v_pos, mesh.t_pos_idx, pairs)
     normals = mesh.face_normals()
     cos = (normals[pairs[:, 0]] * normals[pairs[:, 1]]).sum(-1)
     return (1.0 - cos).mean()
@@ -181,7 +220,7 @@ def keep_faces(mesh: Mesh, keep: Tensor) -> Mesh:
     """The faces where keep [F] (bool) is set, with unreferenced vertices dropped (autograd kept)."""
     faces = mesh.t_pos_idx[keep]
     used, remapped = torch.unique(faces, return_inverse=True)
-    return Mesh(mesh.v_pos[used], remapped.view(-1, 3))
+    return Mesh(mesh.v_pos[used], remapped.view(-1, 3), mesh.cpu_kernel)
 
 
 def remove_small_components(mesh: Mesh, min_faces: float) -> Mesh:

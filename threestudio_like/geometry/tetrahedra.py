@@ -196,8 +196,8 @@ class TetrahedraSDFGrid(Geometry):
         sdf, remove = self.effective_sdf(), self.cfg.isosurface_remove_outliers
         if use_kernels(self.cfg.cpu_kernel, sdf):  # topology and outlier removal in one compiled pass
             min_faces = self.cfg.isosurface_outlier_n_faces_threshold if remove else None
-            return Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution, True, min_faces))
-        mesh = Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution))
+            return Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution, True, min_faces), self.cfg.cpu_kernel)
+        mesh = Mesh(*mt.marching_tetrahedra(self.deformed_points, sdf, self.resolution), self.cfg.cpu_kernel)
         if remove:
             mesh = remove_small_components(mesh, self.cfg.isosurface_outlier_n_faces_threshold)
         return mesh

@@ -12,12 +12,14 @@ then linear in the edge position, so its gradient reaches the clip positions (an
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from threestudio_like.kernels import use_kernels
+from threestudio_like.kernels.rasterize import antialias as compiled_antialias
 from threestudio_like.renderers.rasterize import nvdiffrast_module, take, use_nvdiffrast
 
 
@@ -122,11 +124,14 @@ def antialias_torch(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, 
 
 
 def antialias(color: Tensor, rast: Tensor, pos_clip: Tensor, tri: Tensor, backend: str = "auto",
-              opposite: Optional[Tensor] = None) -> Tensor:
+              opposite: Optional[Tensor] = None, cpu_kernel: Any = "auto") -> Tensor:
     """color [B,H,W,C] blended across silhouette edges (module docstring) → [B,H,W,C]; gradients
     reach pos_clip and color. ``opposite`` (from :func:`opposite_vertices`) saves recomputing the
-    mesh topology."""
+    mesh topology. ``cpu_kernel`` (auto | true | false): on the CPU the compiled loop
+    (kernels/csrc/antialias.cpp: the same image, gradients to float rounding) or the torch path."""
     if use_nvdiffrast(backend, color.device):
         return nvdiffrast_module().antialias(color.float().contiguous(), rast.float().contiguous(),
                                              pos_clip.float().contiguous(), tri.int().contiguous())
+    if color.dtype == pos_clip.dtype == rast.dtype and use_kernels(cpu_kernel, color, pos_clip):
+        return compiled_antialias(color, rast, pos_clip, tri, opposite_vertices(tri) if opposite is None else opposite)
     return antialias_torch(color, rast, pos_clip, tri, opposite)

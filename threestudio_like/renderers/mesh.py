@@ -18,12 +18,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 from threestudio_like.config import check_choice
 from threestudio_like.kernels import kernel_choice
 from threestudio_like.registry import register
-from threestudio_like.renderers.antialias import antialias, opposite_vertices
+from threestudio_like.renderers.antialias import antialias
 from threestudio_like.renderers.base import Renderer
 from threestudio_like.renderers.rasterize import BACKENDS, FAR, NEAR, clip_positions, interpolate, rasterize, use_nvdiffrast
 
@@ -51,14 +50,6 @@ class MeshRasterizer(Renderer):
     def __init__(self, cfg: MeshRasterizerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self._topology: tuple[Tensor, Tensor] | None = None  # (faces, their opposite vertices), not saved
-
-    def opposite_vertices(self, faces: Tensor) -> Tensor:
-        """The antialiasing topology of ``faces``, kept while the geometry returns the same faces
-        tensor (a fixed geometry's cached mesh), recomputed for a new one."""
-        if self._topology is None or self._topology[0] is not faces:
-            self._topology = (faces, opposite_vertices(faces))
-        return self._topology[1]
 
     def render(self, geometry, material, background, cameras, shading: str = "albedo", training: bool = False,
                with_normal: bool = False) -> dict:
@@ -88,7 +79,7 @@ class MeshRasterizer(Renderer):
         opacity, behind = image[..., 3:4], background(dirs, training=training).to(image.dtype)
         image = torch.cat([image[..., :3] + (1 - opacity) * behind, image[..., 3:]], -1)
         if self.cfg.antialias:
-            opposite = None if use_nvdiffrast(backend, image.device) else self.opposite_vertices(tri)
-            image = antialias(image, rast, pos_clip, tri, backend, opposite)
+            opposite = None if use_nvdiffrast(backend, image.device) else mesh.opposite_vertices()
+            image = antialias(image, rast, pos_clip, tri, backend, opposite, self.cfg.cpu_kernel)
         return {"rgb": image[..., :3], "opacity": image[..., 3:4], "depth": image[..., 4:5],
                 "normal": image[..., 5:8], "mesh": mesh}
