@@ -228,6 +228,20 @@ def test_create_from_nerf_reproduces_its_marching_cubes_surface_and_colour(known
     torch.testing.assert_close(grid.color(points), known_nerf.color(points))  # weights copied
 
 
+def test_create_from_with_the_unseen_cap_keeps_a_flat_bottomed_field(known_nerf):
+    """The ball-on-box's bottom faces away from every view of −10°…60°, but it is flat (within the
+    rounding of its edges, under a cell): the cap leaves every lattice value as the plain conversion
+    has it (tests/geometry/test_tetrahedra_cap.py: what it does cap)."""
+    from threestudio_like.data.cameras import RandomCameraConfig
+
+    cls, cfg = tet_config(isosurface_resolution=32, convert_cap_unseen=True, convert_cap_angle=45.0)
+    plain = cls.create_from(known_nerf, cfg, copy_net=False)
+    views = RandomCameraConfig(elevation_range=[-10.0, 60.0], camera_distance_range=[2.5, 2.5], fovy_range=[40.0, 40.0])
+    capped = cls.create_from(known_nerf, cfg, copy_net=False, views=views)
+    assert torch.equal(capped.sdf, plain.sdf)
+    assert abs(float(capped.isosurface().v_pos[:, 2].min()) + 0.35) < 0.2 * capped.cell  # the true bottom
+
+
 def test_create_from_copies_a_hidden_layer_colour_network_and_keeps_its_levels():
     cls = lookup("geometry", "implicit-volume")
     encoding = dict(SMALL_GRID, start_level=2)

@@ -1,5 +1,6 @@
 """The refinement stage's own parts: chaining runs (geometry_convert_from), normal-map references,
 and the asset measures of quality.json."""
+import dataclasses
 import json
 
 import numpy as np
@@ -101,7 +102,9 @@ def test_convert_options_apply_to_their_source_type_only_and_bad_ones_are_one_li
     assert splats.convert_closing_radius == 0.06 and splats.convert_fill_cavities  # configs/base/refine.yaml
     assert splats.lr_sdf == splats.lr_deformation == 3 * system.geometry.lr_sdf
     nerf = with_source_options(system.geometry, system.geometry_convert_options, "implicit-volume")
-    assert nerf.convert_closing_radius == 0.0 and nerf.convert_fill_cavities and nerf == system.geometry
+    assert nerf.convert_closing_radius == 0.0 and nerf.convert_fill_cavities and not splats.convert_cap_unseen
+    assert nerf.convert_cap_unseen and nerf.convert_cap_angle == 45.0  # the NeRF's unseen underside
+    assert nerf == dataclasses.replace(system.geometry, convert_cap_unseen=True, convert_cap_angle=45.0)
     for option, says in (("convert_closing_radius=-1", "convert_closing_radius=-1"), ("closing=1", "closing is not an option")):
         code = main(["--config", str(root / "configs/refine-geometry.yaml"), "--train", f"exp_root_dir={tmp_path / 'out'}",
                      f"system.geometry_convert_from={run}", f"system.geometry_convert_options.implicit-volume.{option}", *SMALL])

@@ -67,9 +67,10 @@ class Geometry(nn.Module):
         return None
 
     @classmethod
-    def create_from(cls, other: "Geometry", cfg: Any, copy_net: bool = True) -> "Geometry":
+    def create_from(cls, other: "Geometry", cfg: Any, copy_net: bool = True, views: Any = None) -> "Geometry":
         """A geometry of this kind initialised from a finished stage's geometry (refinement stages,
-        ``system.geometry_convert_from``). Kinds that cannot be made from another say so."""
+        ``system.geometry_convert_from``); ``views``: the new run's training camera range (a
+        RandomCameraConfig) where the conversion needs it. Kinds that cannot be made from another say so."""
         raise ValueError(f"{cls.__name__} cannot be created from another run's geometry; use e.g. "
                          f"system.geometry_type=tetrahedra-sdf-grid with system.geometry_convert_from")
 

@@ -30,6 +30,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from threestudio_like.data.cameras import RandomCameraConfig
 from threestudio_like.geometry import marching_tets as mt
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.hashgrid import HashGrid, HashGridConfig
@@ -65,6 +66,11 @@ class TetrahedraSDFGridConfig:
     # drop inside parts with fewer lattice vertices than this fraction of the largest part's (floaters); 0 = off
     convert_min_part_fraction: float = 0.01
     convert_supersample: int = 2  # sampling voxels per lattice cell while cleaning
+    # cap the surface no training view sees by the plane through its seen rim (tetrahedra_cap.py): needs
+    # the run's camera range (create_from's ``views``)
+    convert_cap_unseen: bool = False
+    # ... where the surface's normal is farther than this from every camera of that range (degrees)
+    convert_cap_angle: float = 60.0
     sdf_clamp: float = 2.0  # |sdf| limit in cells (every crossing edge is at most √3 cells long)
     init_radius: float = 0.5  # a fresh grid holds a sphere of this radius
     geometry_only: bool = False  # the colour field is not trained
@@ -108,6 +114,8 @@ class TetrahedraSDFGridConfig:
         if not 0.0 <= self.convert_min_part_fraction <= 1.0:
             raise ValueError(f"convert_min_part_fraction={self.convert_min_part_fraction} must lie in [0, 1] "
                              "(of the largest part's volume; 0 = keep every part)")
+        if not 0.0 < self.convert_cap_angle < 90.0:
+            raise ValueError(f"convert_cap_angle={self.convert_cap_angle} must lie in (0, 90) (degrees)")
         if not 1 <= self.convert_supersample <= 4:
             raise ValueError(f"convert_supersample={self.convert_supersample} must be an integer from 1 to 4")
         if not 0 <= self.color_levels <= self.pos_encoding.n_levels:
@@ -285,8 +293,10 @@ class TetrahedraSDFGrid(Geometry):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @classmethod
-    def create_from(cls, other: Geometry, cfg: TetrahedraSDFGridConfig, copy_net: bool = True) -> "TetrahedraSDFGrid":
-        """A grid whose surface is ``other``'s export isosurface; the colour copied or fitted (see module doc)."""
+    def create_from(cls, other: Geometry, cfg: TetrahedraSDFGridConfig, copy_net: bool = True,
+                    views: Optional[RandomCameraConfig] = None) -> "TetrahedraSDFGrid":
+        """A grid whose surface is ``other``'s export isosurface; the colour copied or fitted (see module
+        doc). ``views``: the training camera range, which ``convert_cap_unseen`` needs."""
         instance = cls(cfg)
-        initialise_from(instance, other, copy_net)
+        initialise_from(instance, other, copy_net, views)
         return instance

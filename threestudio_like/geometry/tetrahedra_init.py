@@ -29,6 +29,10 @@ Either way the lattice's signs are then made one solid in marching tetrahedra's 
 second piece of the asset that no view sees) and inside parts with fewer vertices than
 ``convert_min_part_fraction`` of the largest become outside (floaters).
 
+With ``convert_cap_unseen`` (and the run's camera range, ``views``), the surface no training view
+faces is then capped by the plane through its seen rim (:mod:`threestudio_like.geometry.tetrahedra_cap`:
+the NeRF's unseen underside hangs as a dome below the object) and the signs made one solid again.
+
 Colour: copied when ``other`` carries the same kind of colour field (the NeRF's hash grid + MLP with
 the same encoding config, network shape and radius; the NeRF's density output row is dropped);
 otherwise (the Gaussians, or a NeRF of another shape) the field is FITTED to ``other.color()`` at
@@ -45,7 +49,7 @@ from torch import Tensor, nn
 
 from threestudio_like.export.isosurface import resolve_threshold
 from threestudio_like.geometry import marching_tets as mt
-from threestudio_like.geometry import morphology, tetrahedra_level
+from threestudio_like.geometry import morphology, tetrahedra_cap, tetrahedra_level
 from threestudio_like.geometry.base import Geometry
 
 # ``grid`` arguments are TetrahedraSDFGrid instances; the class is not imported here because
@@ -204,8 +208,9 @@ def copy_color_field(grid: "TetrahedraSDFGrid", source: nn.Module) -> bool:
     return True
 
 
-def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool = True) -> None:
-    """Set grid's sdf (and box, and colour when copy_net) from a stage-1 geometry (module docstring)."""
+def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool = True, views=None) -> None:
+    """Set grid's sdf (and box, and colour when copy_net) from a stage-1 geometry (module docstring);
+    ``views`` (a RandomCameraConfig, the run's camera range) for ``convert_cap_unseen``."""
     if isinstance(other, type(grid)) and other.resolution == grid.resolution:
         with torch.no_grad():  # a grid of the same lattice: take it as it is, deformation included
             grid.set_lattice_box(other.grid_center, float(other.grid_half))
@@ -230,6 +235,8 @@ def initialise_from(grid: "TetrahedraSDFGrid", other: Geometry, copy_net: bool =
             level = tetrahedra_level.best_level(grid, other, lambda candidate: sdf_in_cells(grid, density, candidate), level)
         grid.set_sdf_cells(sdf_in_cells(grid, density, level))
         grid.source_level = level
+        if grid.cfg.convert_cap_unseen and views is not None and tetrahedra_cap.cap_unseen(grid, views):
+            grid.set_sdf_cells(solid_topology(grid.sdf.detach(), grid.resolution, grid.cfg))  # a cap may cut a part off
         log.info("tetrahedral grid %d^3 from %s at density %.4g: box centre %s, half side %.3g", grid.resolution,
                  type(other).__name__, level, np.round(grid.grid_center.cpu().numpy(), 3).tolist(), float(grid.grid_half))
     if copy_net and not copy_color_field(grid, other):

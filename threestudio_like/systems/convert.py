@@ -124,7 +124,8 @@ def convert_system_geometry(system, path: str | os.PathLike) -> dict[str, Any]:
     source, record = load_source_geometry(path, cfg.geometry_convert_threshold)
     target = lookup("geometry", cfg.geometry_type)
     geometry_cfg = with_source_options(cfg.geometry, cfg.geometry_convert_options, record["geometry_type"])
-    geometry = target.create_from(source, geometry_cfg)  # may fit (e.g. a colour field): autograd on
+    # may fit (e.g. a colour field): autograd on; the training range is what decides unseen surface
+    geometry = target.create_from(source, geometry_cfg, views=system.sampler.cfg)
     system.geometry = geometry.to(system.device)
     system.build_optimizers()
     record["into"] = cfg.geometry_type
