@@ -12,7 +12,7 @@ from threestudio_like.data.cameras import RandomCameraConfig, make_cameras
 from threestudio_like.export import ExportConfig, bake_texture, export_geometry, load_export
 from threestudio_like.export.texture import texture_image
 from threestudio_like.export.visibility import (
-    FillSettings, TrainingViews, background_like, covering_cameras, fill_unseen, seen_points,
+    FillSettings, TrainingViews, background_like, background_rim, colour_unseen, covering_cameras, fill_unseen, seen_points,
 )
 from threestudio_like.geometry.base import Geometry
 from threestudio_like.geometry.mesh import Mesh
@@ -216,7 +216,8 @@ def test_background_like_is_relative_to_the_object_contrast():
 
 
 @pytest.mark.parametrize("key,value", [("fill_unseen_views", 0), ("fill_unseen_resolution", 8),
-                                       ("fill_unseen_max_angle", 0.0), ("fill_unseen_background_fraction", 1.5)])
+                                       ("fill_unseen_max_angle", 0.0), ("fill_unseen_background_fraction", 1.5),
+                                       ("fill_unseen_rim_distance", -0.1)])
 def test_bad_fill_settings_are_refused_naming_the_key(key, value):
     with pytest.raises(ValueError, match=key):
         ExportConfig(**{key: value})
@@ -224,3 +225,37 @@ def test_bad_fill_settings_are_refused_naming_the_key(key, value):
 
 def test_fill_settings_follow_the_config():
     assert ExportConfig(fill_unseen_views=12, fill_unseen_max_angle=60.0).fill_settings() == FillSettings(12, 256, 60.0, 0.75)
+
+
+def test_the_background_rim_is_background_like_surface_next_to_the_unseen():
+    points = np.array([[0.0, 0, 0], [0.05, 0, 0], [0.2, 0, 0], [0.5, 0, 0]], dtype=np.float32)
+    seen = np.array([False, True, True, True])
+    background = np.array([False, True, False, True])  # the pale points at 0.05 and 0.5
+    assert background_rim(points, seen, background, 0.1).tolist() == [False, True, False, False]
+    assert background_rim(points, seen, background, 0.6).tolist() == [False, True, False, True]
+    assert not background_rim(points, seen, background, 0.0).any()
+    assert not background_rim(points, np.ones(4, dtype=bool), background, 0.6).any()  # nothing unseen
+
+
+@pytest.mark.parametrize("rim_distance", [0.0, 0.12])
+def test_a_pale_band_above_the_unseen_bottom_is_recoloured_only_with_a_rim_distance(rim_distance):
+    """A blue box seen from 10°–60°: its bottom is unseen; a white band along the sides' lower edge
+    (z < −0.22, as a hanging underside shows the lowest views) and a white patch high on one side."""
+    mesh = box_mesh()
+    points, faces = trimesh.sample.sample_surface_even(mesh, 6000, seed=0)
+    points = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    normals = torch.as_tensor(np.asarray(mesh.face_normals)[faces], dtype=torch.float32)
+    colours = np.tile(np.array(BLUE, dtype=np.float32), (len(points), 1))
+    side = np.abs(normals[:, 2].numpy()) < 0.5
+    band = side & (points[:, 2].numpy() < -0.22)
+    patch = side & (points[:, 2].numpy() > 0.15) & (points[:, 0].numpy() > HALF - 1e-4) & (np.abs(points[:, 1].numpy()) < 0.1)
+    colours[band | patch] = WHITE
+    views = TrainingViews(RandomCameraConfig(elevation_range=[10.0, 60.0]), background=WHITE)
+    vertices = torch.as_tensor(np.asarray(mesh.vertices), dtype=torch.float32)
+    filled, unseen = colour_unseen(colours, points, normals, vertices, torch.as_tensor(np.asarray(mesh.faces)), views,
+                                   FillSettings(views=24, resolution=96, rim_distance=rim_distance))
+    bottom = normals[:, 2].numpy() < -0.5
+    assert 0.1 < unseen and np.allclose(filled[bottom], BLUE)  # the unseen bottom takes no white either way
+    assert np.allclose(filled[patch], WHITE)  # far from the unseen: kept as seen
+    low = band & (points[:, 2].numpy() < -0.25)  # the band's lower part, within 0.05 of the bottom edge
+    assert np.allclose(filled[low], BLUE if rim_distance else WHITE)

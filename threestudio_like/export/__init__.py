@@ -76,6 +76,9 @@ class ExportConfig:
     # median distance from it gives the fill no colour: geometry outside the object's outline, which
     # the views painted to vanish into the background (export/visibility.py); 0 = every seen texel gives
     fill_unseen_background_fraction: float = 0.75
+    # seen background-like surface within this distance (world units) of unseen surface is filled as
+    # unseen surface is (the pale rim a hanging underside shows to the lowest views); 0 = kept as seen
+    fill_unseen_rim_distance: float = 0.0
     y_up: bool = True  # files in +Y up / front +Z (viewers' convention); False keeps the z-up world
     unit_box: bool = True  # scale the asset's largest side to 1
     placement: str = "center"  # center: bounding box on the origin | ground: resting on y = 0 | world
@@ -111,10 +114,11 @@ class ExportConfig:
         check_between(self, 16, 4096, "fill_unseen_resolution")
         check_between(self, 1.0, 90.0, "fill_unseen_max_angle")
         check_between(self, 0.0, 1.0, "fill_unseen_background_fraction")
+        check_between(self, 0.0, 10.0, "fill_unseen_rim_distance")
 
     def fill_settings(self) -> FillSettings:
         return FillSettings(self.fill_unseen_views, self.fill_unseen_resolution, self.fill_unseen_max_angle,
-                            self.fill_unseen_background_fraction)
+                            self.fill_unseen_background_fraction, self.fill_unseen_rim_distance)
 
 
 def extract_mesh(geometry: torch.nn.Module, cfg: ExportConfig = ExportConfig()) -> trimesh.Trimesh:

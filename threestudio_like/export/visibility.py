@@ -154,6 +154,20 @@ def fill_unseen(colors: np.ndarray, points: np.ndarray, seen: np.ndarray, source
     return filled
 
 
+def background_rim(points: np.ndarray, seen: np.ndarray, background: np.ndarray, distance: float) -> np.ndarray:
+    """points [N,3], seen [N], background [N] (background-like seen points) → bool [N]: the
+    background-like points within ``distance`` (world units) of an unseen point: the rim of extra
+    geometry a lowest view saw against the background, next to the surface no view sees (the
+    refined assets' hanging underside). All False when ``distance`` is 0 or nothing is unseen."""
+    rim = np.zeros(len(points), dtype=bool)
+    seen, background = np.asarray(seen, dtype=bool), np.asarray(background, dtype=bool)
+    if distance <= 0 or seen.all() or not background.any():
+        return rim
+    gap, _ = cKDTree(points[~seen]).query(points[background], distance_upper_bound=distance)
+    rim[np.nonzero(background)[0][np.isfinite(gap)]] = True
+    return rim
+
+
 def background_like(colors: np.ndarray, seen: np.ndarray, background: Sequence[float] | None, fraction: float) -> np.ndarray:
     """colors [N,3], seen [N] → bool [N]: seen points whose colour is closer (RGB, Euclidean) to a
     solid training background than ``fraction`` of the seen points' median distance from it (the
@@ -184,6 +198,7 @@ class FillSettings:
     resolution: int = 256
     max_angle: float = 75.0
     background_fraction: float = 0.75
+    rim_distance: float = 0.0
 
 
 def colour_unseen(colors: np.ndarray, points: Tensor, normals: Tensor, vertices: Tensor, faces: Tensor,
@@ -195,9 +210,12 @@ def colour_unseen(colors: np.ndarray, points: Tensor, normals: Tensor, vertices:
     cameras = covering_cameras(training.camera_range, settings.views, settings.resolution)
     seen = seen_points(points, normals, vertices, faces, cameras, settings.max_angle).numpy()
     sources = ~background_like(colors, seen, training.background, settings.background_fraction)
-    filled = fill_unseen(colors, points.numpy(), seen, sources)
+    rim = background_rim(points.numpy(), seen, ~sources, settings.rim_distance)
+    # the rim is filled as unseen surface is: from the nearest seen point that is not background-like
+    filled = fill_unseen(colors, points.numpy(), seen & ~rim, sources & ~rim)
     unseen = float(1.0 - seen.mean()) if len(seen) else 0.0
     log.info("%.1f%% of the surface is unseen by %d cameras over the training range (%.1f%% of the seen looks "
-             "like the background): filled from the nearest seen surface in %.1f s", 100.0 * unseen, len(cameras),
-             100.0 * float((seen & ~sources).sum()) / max(int(seen.sum()), 1), time.perf_counter() - start)
+             "like the background, %.1f%% recoloured as the rim next to the unseen): filled from the nearest seen "
+             "surface in %.1f s", 100.0 * unseen, len(cameras), 100.0 * float((seen & ~sources).sum()) / max(int(seen.sum()), 1),
+             100.0 * float(rim.sum()) / max(int(seen.sum()), 1), time.perf_counter() - start)
     return filled, unseen
