@@ -141,7 +141,7 @@ def cube_tetrahedra(cube_ids: Tensor, resolution: int) -> Tensor:
 
 def _edge_zeros(positions_of, sdf: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """The zeros [E,3] of the linear interpolant along the lattice edges a → b [E] (with autograd)."""
-    s_a, s_b = sdf[a].unsqueeze(-1), sdf[b].unsqueeze(-1)
+    s_a, s_b = sdf.index_select(0, a).unsqueeze(-1), sdf.index_select(0, b).unsqueeze(-1)
     p = positions_of(torch.cat([a, b]))
     p_a, p_b = p[: len(a)], p[len(a) :]
     return (s_a * p_b - s_b * p_a) / (s_a - s_b)  # the signs differ, so the denominator is never 0

@@ -73,7 +73,7 @@ class TetrahedraSDFGridConfig:
     convert_cap_angle: float = 60.0
     sdf_clamp: float = 2.0  # |sdf| limit in cells (every crossing edge is at most √3 cells long)
     init_radius: float = 0.5  # a fresh grid holds a sphere of this radius
-    geometry_only: bool = False  # the colour field is not trained
+    geometry_only: bool = False  # the colour field is not trained (nor differentiated: renders' rgb give no gradient)
     fix_geometry: bool = False  # the mesh is extracted once and cached; sdf and deformation are frozen
     pos_encoding: HashGridConfig = field(default_factory=HashGridConfig)
     mlp_neurons: int = 64
@@ -177,7 +177,8 @@ class TetrahedraSDFGrid(Geometry):
         points = self.lattice_points(vertex_ids)
         if self.deformation is None:
             return points
-        offset = torch.tanh(self.deformation[vertex_ids]) * (self.cfg.deformation_scale * self.cell)
+        # index_select: on the CPU much cheaper than advanced indexing, and so is its backward
+        offset = torch.tanh(self.deformation.index_select(0, vertex_ids)) * (self.cfg.deformation_scale * self.cell)
         return points + offset
 
     def set_lattice_box(self, center: Tensor, half: float) -> None:
@@ -240,6 +241,12 @@ class TetrahedraSDFGrid(Geometry):
         return self.network(self.encoding((points / self.radius + 1.0) * 0.5))
 
     def color(self, points: Tensor) -> Tensor:
+        """Albedo [N,3] at points [N,3]. With ``geometry_only`` the field is frozen and the stage scores
+        normal renders, so no gradient may pass through it: it is evaluated without autograd (the
+        geometry stage's backward through the hash grid and MLP carried only zeros)."""
+        if self.cfg.geometry_only:
+            with torch.no_grad():
+                return torch.sigmoid(self.color_logits(points))
         return torch.sigmoid(self.color_logits(points))
 
     def sdf_at(self, points: Tensor, outside: Optional[float] = None) -> Tensor:

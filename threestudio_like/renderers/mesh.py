@@ -66,15 +66,17 @@ class MeshRasterizer(Renderer):
         pos_clip = clip_positions(mesh.v_pos, cameras, self.cfg.near, self.cfg.far)
         rast = rasterize(pos_clip, tri, H, W, backend, self.cfg.cpu_kernel)
         fields = interpolate(torch.cat([mesh.v_pos, mesh.vertex_normals()], -1), rast, tri, backend)
-        covered = rast[..., 3] > 0  # [B,H,W]
-        points, normal = fields[covered][:, :3], F.normalize(fields[covered][:, 3:], dim=-1)
-        per_pixel = lambda per_camera: per_camera.to(points.dtype)[:, None, None].expand(B, H, W, 3)[covered]  # noqa: E731
+        covered = torch.nonzero(rast[..., 3].reshape(-1) > 0)[:, 0]  # flat pixel indices (index_select: cheap on the CPU)
+        at_pixels = fields.reshape(B * H * W, -1).index_select(0, covered)
+        points, normal = at_pixels[:, :3], F.normalize(at_pixels[:, 3:], dim=-1)
+        camera_of = torch.div(covered, H * W, rounding_mode="floor")
+        per_pixel = lambda per_camera: per_camera.to(points.dtype).index_select(0, camera_of)  # noqa: E731
         need_normal = with_normal or material.requires_normal(shading)
         rgb = material(geometry.color(points), normal if need_normal else None, points,
                        per_pixel(cameras.light_position), shading)
         distance = (points - per_pixel(cameras.position)).norm(dim=-1, keepdim=True)
         foreground = torch.cat([rgb.to(points.dtype), torch.ones_like(distance), distance, normal], -1)
-        image = fields.new_zeros(B, H, W, foreground.shape[-1]).index_put((covered,), foreground)
+        image = fields.new_zeros(B * H * W, foreground.shape[-1]).index_copy(0, covered, foreground).view(B, H, W, -1)
         _, dirs = cameras.rays()
         opacity, behind = image[..., 3:4], background(dirs, training=training).to(image.dtype)
         image = torch.cat([image[..., :3] + (1 - opacity) * behind, image[..., 3:]], -1)

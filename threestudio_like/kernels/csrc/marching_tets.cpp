@@ -75,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mt_surface(const at::Tensor& insi
   const int64_t step_offset[7] = {1, n, n + 1, nn, nn + 1, nn + n, nn + n + 1};  // 0/1 steps, ascending
 
   std::vector<Tet> tets;
+  tets.reserve(size_t(R) * R * 6);
   for (int64_t i = 0; i < R; ++i)
     for (int64_t j = 0; j < R; ++j)
       for (int64_t k = 0; k < R; ++k) {
@@ -98,7 +99,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mt_surface(const at::Tensor& insi
     return bits - 1;
   };
   // crossing edges as codes lower·7 + step: unique, sorted (= the torch path's sorted keys)
-  std::vector<int32_t> slot(size_t(n_lattice) * 7, -1);
+  // one slot per lattice edge (lower vertex, step), kept between calls: only the touched ones are reset
+  thread_local std::vector<int32_t> slot;
+  if (slot.size() < size_t(n_lattice) * 7) slot.assign(size_t(n_lattice) * 7, -1);
   std::vector<int64_t> codes;
   std::vector<int64_t> edge_code(tets.size() * 6, -1);
   for (size_t t = 0; t < tets.size(); ++t)
@@ -118,6 +121,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mt_surface(const at::Tensor& insi
       for (int corner = 0; corner < 3; ++corner)
         faces.push_back(slot[edge_code[t * 6 + table[(c * 2 + s) * 3 + corner]]]);
   }
+  for (const int64_t code : codes) slot[code] = -1;
   int64_t F = int64_t(faces.size()) / 3, E = int64_t(codes.size());
   std::vector<int64_t> new_id(E);
   std::iota(new_id.begin(), new_id.end(), 0);

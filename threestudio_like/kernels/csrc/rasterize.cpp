@@ -133,13 +133,46 @@ inline Sample<T> evaluate(const T planes[5][3], T p, T q) {
 template <typename T>
 inline T ndc_centre(int64_t i, int64_t size) { return T(2 * i + 1) / T(size) - T(1); }
 
+// Every vertex's pixel position (x, y) and whether it lies in front (_pixel_boxes' per-vertex part).
+template <typename T>
+void project_vertices(const T* pos, int64_t V, int64_t W, int64_t H, std::vector<T>& pixel, std::vector<uint8_t>& front) {
+  const T size[2] = {T(W), T(H)};
+  pixel.resize(2 * V), front.resize(V);
+  for (int64_t i = 0; i < V; ++i) {
+    const T* v = pos + 4 * i;
+    front[i] = (v[2] + v[3] >= 0) && (v[3] > 0);
+    const T div = front[i] ? v[3] : T(1);
+    for (int c = 0; c < 2; ++c) pixel[2 * i + c] = to_pixel(v[c] / div, size[c]);
+  }
+}
+
+// A triangle wholly in front whose box of projected vertices holds no pixel centre: most of a fine
+// mesh's (the exact box below would find it empty too, with the same margin).
+template <typename T>
+inline bool surely_empty(const T* pixel, const uint8_t* front, const int64_t* t, int64_t W, int64_t H) {
+  if (!(front[t[0]] && front[t[1]] && front[t[2]])) return false;
+  const T margin = T(1e-3), size[2] = {T(W), T(H)};
+  for (int c = 0; c < 2; ++c) {
+    const T a = pixel[2 * t[0] + c], b = pixel[2 * t[1] + c], d = pixel[2 * t[2] + c];
+    const T lo = nan_min(nan_min(a, b), d), hi = nan_max(nan_max(a, b), d);
+    if (lo != lo || hi != hi) return true;
+    if (std::ceil(lo - margin) > std::floor(hi + margin) || std::floor(hi + margin) < 0 || std::ceil(lo - margin) > size[c] - 1)
+      return true;
+  }
+  return false;
+}
+
 template <typename T>
 void rasterize_image(const T* pos, const int64_t* tri, int64_t V, int64_t F, int64_t H, int64_t W, T* rast) {
   std::vector<T> best(H * W, std::numeric_limits<T>::infinity());
   std::vector<int64_t> winner(H * W, -1);
+  std::vector<T> pixel;
+  std::vector<uint8_t> front;
+  project_vertices(pos, V, W, H, pixel, front);
   for (int64_t f = 0; f < F; ++f) {
     const int64_t* t = tri + 3 * f;
     if (t[0] < 0 || t[1] < 0 || t[2] < 0 || t[0] >= V || t[1] >= V || t[2] >= V) continue;
+    if (surely_empty(pixel.data(), front.data(), t, W, H)) continue;
     const T* v[3] = {pos + 4 * t[0], pos + 4 * t[1], pos + 4 * t[2]};
     int64_t box[4];
     if (!pixel_box(v, W, H, box)) continue;
