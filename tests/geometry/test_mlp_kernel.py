@@ -187,3 +187,28 @@ def test_backward_without_kept_activations_recomputes_the_same_numbers():
     assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
     with pytest.raises(RuntimeError, match="hidden must be mlp_forward's kept activations"):
         ops.mlp_backward(x[:100], weights, grad[:100], hidden, True)
+
+
+def test_compiled_fields_float32_exp_and_softplus_across_their_range():
+    """The fields pass's own float32 exp and log1p (written to vectorise) against float64 softplus and
+    sigmoid: densities from far below 0 (the subnormal range) to past the threshold 20, albedo logits
+    from −100 to 100 and ±inf, every value within a few float32 ulp."""
+    import math
+
+    from threestudio_like.kernels import library_loaded
+
+    if not library_loaded():
+        pytest.skip("the CPU kernels cannot be built here")
+    raw = torch.zeros(4003, 4)
+    raw[:4000, 0] = torch.linspace(-100.0, 30.0, 4000)
+    raw[:4000, 1:] = torch.linspace(-100.0, 100.0, 12000).view(4000, 3)
+    raw[4000:, 1:] = torch.tensor([[math.inf, -math.inf, 0.0]] * 3)
+    points = torch.zeros(4003, 3)  # all inside the ball, no bias
+    ops = torch.ops.threestudio_like_cpu
+    for activation in (0, 1):  # softplus, exp
+        density, albedo = ops.nerf_fields_forward(raw, points, 0, 0.0, 1.0, activation, 1.0)
+        x = raw[:, 0].double()
+        expected = torch.nn.functional.softplus(x) if activation == 0 else torch.exp(x)
+        torch.testing.assert_close(density.double(), expected.float().double(), rtol=4e-7, atol=1e-44)
+        torch.testing.assert_close(albedo.double(), torch.sigmoid(raw[:, 1:].double()).float().double(), rtol=4e-7, atol=1.2e-38)
+        torch.testing.assert_close(albedo, torch.sigmoid(raw[:, 1:]), rtol=4e-7, atol=1.2e-38)
