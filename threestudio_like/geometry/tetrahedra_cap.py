@@ -64,14 +64,11 @@ def boundary_vertices(faces: np.ndarray, seen: np.ndarray, patch: np.ndarray) ->
 
 
 def cap_plane(rim: np.ndarray, outward: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rim points [K,3] and the patch's mean outward normal [3] → (a point on the cap plane [3], its
-    unit normal turned outward [3]): the least-squares plane's orientation, moved out to the rim's
-    outermost point, so that the cap never cuts into the seen rim (whose vertices on a rounded
-    edge sit a little inside the face they bound)."""
+    """Rim points [K,3] and the patch's mean outward normal [3] → (a point on the least-squares plane
+    through the rim [3], its unit normal turned outward [3])."""
     centre = rim.mean(axis=0)
     _, _, vt = np.linalg.svd(rim - centre, full_matrices=False)
-    normal = vt[-1] if vt[-1] @ outward >= 0 else -vt[-1]
-    return centre + normal * float(((rim - centre) @ normal).max()), normal
+    return centre, (vt[-1] if vt[-1] @ outward >= 0 else -vt[-1])
 
 
 def capped_sdf(sdf: Tensor, lattice: Tensor, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray,
