@@ -222,33 +222,33 @@ def test_prompt_and_guidance_path():
 def test_score_distillation_moves_a_wrong_view_only_with_camera_awareness():
     """SDS on a free image through the exact prior, started from the back view of a house while the
     camera looks at its front: the camera-aware prior pulls it to the true view (a held-out azimuth
-    between references); the camera-blind one keeps the back view, which is one of its modes — the
-    mechanism of the Janus problem."""
+    between references) from every start; the camera-blind one keeps the back view, which is one of
+    its modes — the mechanism of the Janus problem — in most starts (its noise can carry one run off
+    the mode, so the claim is over three seeds)."""
     from threestudio_like.guidance.sds import SDS
     from threestudio_like.metrics import psnr
     from threestudio_like.priors.sdf import single_thread
 
-    torch.manual_seed(0)
-    size, results = 32, {}
+    size, results = 32, {"camera": [], "none": []}
     view = lambda azimuth: make_cameras(  # noqa: E731
         torch.tensor([22.5]), torch.tensor([azimuth]), torch.tensor([2.5]), torch.tensor([40.0]), size, size)
     with single_thread():  # hundreds of tiny steps: threads only add overhead here
-        for mode in ("camera", "none"):
-            prior = make_prior(mode, text="a house", azimuth_step_deg=10.0, n_elevations=4, null_library=["a blue cube"])
-            prompt = Prompt("a house")
-            guidance = SDS(SDS.Config(guidance_scale=7.5), prior)
-            truth, back = (prior.scene("a house").render(view(a))["rgb"] for a in (35.0, -145.0))
-            image = back.clone().requires_grad_(True)
-            optimizer = torch.optim.Adam([image], lr=0.02)
-            for step in range(250):
-                guidance.update_step(step, 250)
-                loss = guidance(image.clamp(0, 1), view(35.0), prompt)["loss_sds"]
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            final = image.detach().clamp(0, 1)
-            results[mode] = (psnr(final, truth), psnr(final, back))
-    truth_db, back_db = results["camera"]
-    assert truth_db > 25.0 and truth_db > back_db + 3.0, results
-    truth_db, back_db = results["none"]
-    assert back_db > truth_db + 3.0, results
+        for seed in range(3):
+            torch.manual_seed(seed)
+            for mode in ("camera", "none"):
+                prior = make_prior(mode, text="a house", azimuth_step_deg=10.0, n_elevations=4, null_library=["a blue cube"])
+                prompt = Prompt("a house")
+                guidance = SDS(SDS.Config(guidance_scale=7.5), prior)
+                truth, back = (prior.scene("a house").render(view(a))["rgb"] for a in (35.0, -145.0))
+                image = back.clone().requires_grad_(True)
+                optimizer = torch.optim.Adam([image], lr=0.02)
+                for step in range(250):
+                    guidance.update_step(step, 250)
+                    loss = guidance(image.clamp(0, 1), view(35.0), prompt)["loss_sds"]
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                final = image.detach().clamp(0, 1)
+                results[mode].append((psnr(final, truth), psnr(final, back)))
+    assert all(truth_db > 25.0 and truth_db > back_db + 3.0 for truth_db, back_db in results["camera"]), results
+    assert sum(back_db > truth_db + 3.0 for truth_db, back_db in results["none"]) >= 2, results

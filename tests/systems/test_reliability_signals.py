@@ -81,10 +81,14 @@ def run_until(root, out, tag, at_step, signum):
     env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(root / "launch.py"), *train_args(root, out, tag)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    # generous: on a loaded machine the start-up alone (imports, a kernel build check) can take minutes
+    deadline = time.monotonic() + 600
     while rows_written(run_dir) < at_step and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
     assert proc.poll() is None, f"the run ended before step {at_step}: {proc.communicate()}"
+    if rows_written(run_dir) < at_step:
+        proc.kill()
+        pytest.fail(f"the run did not reach step {at_step} within 600 s: {proc.communicate()[1][-2000:]}")
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     return proc.returncode, err, run_dir
