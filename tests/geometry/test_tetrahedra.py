@@ -239,7 +239,7 @@ def test_create_from_with_the_unseen_cap_keeps_a_flat_bottomed_field(known_nerf)
     views = RandomCameraConfig(elevation_range=[-10.0, 60.0], camera_distance_range=[2.5, 2.5], fovy_range=[40.0, 40.0])
     capped = cls.create_from(known_nerf, cfg, copy_net=False, views=views)
     assert torch.equal(capped.sdf, plain.sdf)
-    assert abs(float(capped.isosurface().v_pos[:, 2].min()) + 0.35) < 0.2 * capped.cell  # the true bottom
+    assert abs(float(capped.isosurface().v_pos[:, 2].detach().min()) + 0.35) < 0.2 * capped.cell  # the true bottom
 
 
 def test_create_from_copies_a_hidden_layer_colour_network_and_keeps_its_levels():
