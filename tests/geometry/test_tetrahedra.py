@@ -267,18 +267,36 @@ def test_create_from_fits_the_colour_when_the_fields_differ(known_nerf):
     assert (untouched.color(points) - known_nerf.color(points)).abs().mean().item() > 2 * error
 
 
-def test_create_from_gaussians_converts_at_the_level_their_renders_show():
+def two_colour_gaussian_ball():
+    """400 sparse splats (σ 0.03, opacity 0.5) filling a ball of radius 0.3, red above z 0 and blue
+    below: solid in their renders, but their density reaches the export level 1 only in clumps."""
     cls = lookup("geometry", "gaussian-splatting")
     gaussians = cls(parse_structured(cls.Config, {"init_num_points": 16}, "system.geometry"))
     g = torch.Generator().manual_seed(0)
-    # 400 sparse splats (σ 0.03, opacity 0.5) fill a ball of radius 0.3: solid in their renders, but
-    # their density reaches the export level 1 only in clumps
     points = F.normalize(torch.randn(400, 3, generator=g), dim=-1) * 0.3 * torch.rand(400, 1, generator=g) ** (1 / 3)
     colors = torch.where(points[:, 2:] > 0, torch.tensor([0.9, 0.1, 0.1]), torch.tensor([0.1, 0.1, 0.9]))
     gaussians.init_from_points(points, colors)
     with torch.no_grad():
         gaussians.opacities.fill_(0.0)
         gaussians.scales.fill_(math.log(0.03))
+    return gaussians
+
+
+def test_create_from_gaussians_fits_the_colour_of_a_geometry_only_grid():
+    # the geometry stage's grid (geometry_only: its color() runs without autograd) still gets the
+    # splats' colour, which the texture stage after it starts from
+    gaussians = two_colour_gaussian_ball()
+    tcls, cfg = tet_config(isosurface_resolution=16, color_fit_steps=40, color_fit_points=1024, geometry_only=True)
+    with torch.no_grad():
+        grid = tcls.create_from(gaussians, cfg)
+    mesh = grid.isosurface()
+    rgb = grid.color(mesh.v_pos.detach())
+    top, bottom = mesh.v_pos[:, 2] > 0.15, mesh.v_pos[:, 2] < -0.15
+    assert rgb[top, 0].mean() > rgb[top, 2].mean() + 0.3 and rgb[bottom, 2].mean() > rgb[bottom, 0].mean() + 0.3
+
+
+def test_create_from_gaussians_converts_at_the_level_their_renders_show():
+    gaussians = two_colour_gaussian_ball()
     at_export_level = extract_mesh(gaussians, ExportConfig(isosurface_resolution=64, progress=False, min_component_fraction=0))
     assert len(at_export_level.split(only_watertight=False)) >= 5
     tcls, cfg = tet_config(isosurface_resolution=24, color_fit_steps=60, color_fit_points=2048)

@@ -171,14 +171,17 @@ def fit_color(grid: "TetrahedraSDFGrid", other: Geometry, seed: int = 0) -> floa
     target = query(lambda p: other.color(p.to(device)).float(), points).to(points.device)
     params = list(grid.encoding.parameters()) + list(grid.network.parameters())
     optimizer = torch.optim.Adam(params, lr=max(cfg.lr_encoding, cfg.lr_network), betas=(0.9, 0.99), eps=1e-15)
+    # the field's own logits, not grid.color(): a geometry_only grid evaluates color() without
+    # autograd, and its colour is fitted here all the same (the stage after it trains on it)
+    fitted = lambda: torch.sigmoid(grid.color_logits(points))  # noqa: E731
     with torch.enable_grad():  # callers may build the new geometry under no_grad
         for _ in range(cfg.color_fit_steps):
-            loss = (grid.color(points) - target).square().mean()
+            loss = (fitted() - target).square().mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        final = float((grid.color(points) - target).square().mean())
+        final = float((fitted() - target).square().mean())
     log.info("fitted the colour field to %s.color() at %d points: MSE %.4g", type(other).__name__, len(points), final)
     return final
 
