@@ -115,16 +115,13 @@ def smoothed_normals(mesh, rounds: int = SMOOTHING_ROUNDS) -> Tensor:
     """Unit vertex normals [V,3] of ``mesh`` after ``rounds`` of uniform Laplacian smoothing of a copy:
     a converted surface's lattice-scale bumps would otherwise face the cameras here and there in
     the middle of an unseen patch and cut it in pieces."""
-    from threestudio_like.geometry.mesh import Mesh
+    from threestudio_like.geometry.mesh import Mesh, uniform_laplacian
 
-    edges = mesh.edges()
-    points = mesh.v_pos.detach().float()
-    ones = torch.ones(len(edges), dtype=points.dtype)
-    degree = torch.zeros(len(points)).index_add_(0, edges[:, 0], ones).index_add_(0, edges[:, 1], ones).clamp_min(1)
+    # each round moves every vertex halfway to its neighbours' mean; the copy's topology is computed once
+    smooth = Mesh(mesh.v_pos.detach().float(), mesh.t_pos_idx, mesh.cpu_kernel)
     for _ in range(rounds):
-        sums = torch.zeros_like(points).index_add_(0, edges[:, 0], points[edges[:, 1]]).index_add_(0, edges[:, 1], points[edges[:, 0]])
-        points = 0.5 * points + 0.5 * sums / degree[:, None]
-    return Mesh(points, mesh.t_pos_idx).vertex_normals()
+        smooth.v_pos = smooth.v_pos - 0.5 * uniform_laplacian(smooth)
+    return smooth.vertex_normals()
 
 
 def cap_unseen(grid: "TetrahedraSDFGrid", views: RandomCameraConfig) -> int:
